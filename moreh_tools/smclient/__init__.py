@@ -1,0 +1,1 @@
+"""moreh_smclient: the SDA Manager admin console."""

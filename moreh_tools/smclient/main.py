@@ -1,0 +1,193 @@
+"""Entry point of ``moreh_smclient``: one line (--command), lines piped on stdin, or the REPL."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Iterable
+from typing import NoReturn, TextIO
+
+from moreh_tools import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+BANNER_2 = f"moreh-tools {__version__}. Type 'help' for the commands, 'COMMAND ?' for one, 'q' to quit."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"moreh_smclient: {message} (see 'moreh_smclient --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="moreh_smclient",
+        description=(
+            "SDA Manager admin console. With no arguments on a terminal it starts an interactive console; "
+            "lines piped on stdin run one per line."
+        ),
+        epilog="Example: moreh_smclient --command 'show token'   (state directory: $MOREH_HOME)",
+    )
+    parser.add_argument("--command", "-c", metavar="LINE", help="run one console line and exit")
+    parser.add_argument("--json", action="store_true", help="print show/get results as JSON")
+    parser.add_argument("--version", action="version", version=f"moreh_smclient (moreh-tools) {__version__}")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+
+
+def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None) -> int:
+    """Run one console line, print its result, and return an exit status (0 on success)."""
+    from moreh_tools.smclient import registry
+    from moreh_tools.smclient.args import UsageError
+    from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
+    from moreh_tools.smclient.output import to_json
+    from state.errors import StateError
+
+    out = out or sys.stdout
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError as exc:
+        _error(f"Cannot read the line ({exc}): close every quote you open.")
+        return EXIT_USAGE
+    if not words:
+        return EXIT_OK
+    try:
+        if words[-1] == "?":
+            cmd, rest = registry.resolve(words[:-1])
+            if rest:
+                raise UsageError(f"Unknown command '{' '.join(words[:-1])}'. Did you mean '{cmd.name} ?'")
+            print(cmd.help_entry(), file=out)
+            return EXIT_OK
+        cmd, args = registry.resolve(words)
+        registry.check_arg_count(cmd, args)
+        ctx = registry.Context(" ".join(words), json_output=json_output)
+        result = cmd.handler(ctx, args)
+    except (ExitRequested, ClearRequested):
+        raise
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except StateError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _error("Interrupted; nothing was changed by the interrupted command.")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # never a traceback for the user; MOREH_DEBUG=1 shows it
+        if os.environ.get("MOREH_DEBUG"):
+            raise
+        _error(f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.")
+        return EXIT_INTERNAL
+    if result is not None:
+        print(to_json(result) if json_output else result.as_text(), file=out)
+    return EXIT_OK
+
+
+def _run_lines(lines: Iterable[str], json_output: bool) -> int:
+    from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
+
+    status = EXIT_OK
+    for line in lines:
+        try:
+            code = run_line(line, json_output=json_output)
+        except ExitRequested:
+            break
+        except ClearRequested:
+            continue
+        if code != EXIT_OK:
+            status = code
+    return status
+
+
+def _setup_readline() -> None:
+    try:
+        import readline
+    except ImportError:  # line editing is a comfort, not a requirement
+        return
+    from moreh_tools.smclient.registry import load_commands
+    from state.paths import state_home
+
+    names = sorted(n for n, c in load_commands().items() if not c.hidden)
+    history = state_home() / "smclient_history"
+
+    def complete(text: str, state: int) -> str | None:
+        typed = readline.get_line_buffer()[: readline.get_endidx()]
+        options = [n[len(typed) - len(text) :] for n in names if n.startswith(typed)]
+        options = sorted({o.split(" ", 1)[0] + ("" if " " in o else " ") for o in options})
+        return options[state] if state < len(options) else None
+
+    readline.set_completer_delims(" ")
+    readline.set_completer(complete)
+    readline.parse_and_bind("tab: complete")
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    import atexit
+
+    def save() -> None:
+        try:
+            history.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            readline.write_history_file(history)
+            history.chmod(0o600)
+        except OSError:
+            pass
+
+    atexit.register(save)
+
+
+def repl(json_output: bool) -> int:
+    """The interactive console: banner, ``>`` prompt, line editing and history."""
+    from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
+    from state.paths import state_file
+
+    _setup_readline()
+    address = os.environ.get("MOREH_SDA_MANAGER_ADDRESS")
+    print(f"SDAManager's Client. Connect to {address or state_file()}")
+    print(BANNER_2)
+    print()
+    while True:
+        try:
+            line = input(">")
+        except EOFError:
+            print()
+            return EXIT_OK
+        except KeyboardInterrupt:
+            print()
+            continue
+        try:
+            run_line(line, json_output=json_output)
+        except ExitRequested:
+            return EXIT_OK
+        except ClearRequested:
+            print("\033[H\033[2J", end="", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point."""
+    ns = _parser().parse_args(argv)
+    from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
+
+    try:
+        if ns.command is not None:
+            try:
+                code = run_line(ns.command, json_output=ns.json)
+            except (ExitRequested, ClearRequested):
+                code = EXIT_OK
+        elif not sys.stdin.isatty():
+            code = _run_lines(sys.stdin, ns.json)
+        else:
+            code = repl(ns.json)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

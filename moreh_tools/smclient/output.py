@@ -1,0 +1,52 @@
+"""What a command returns: a message or a table, each printable as text or as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moreh_tools.grid import Column, render_grid
+
+
+@dataclass
+class Message:
+    """A one-line result such as ``Create SDA success.``; ``data`` is its JSON form."""
+
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_text(self) -> str:
+        """The line the seeds print."""
+        return self.text
+
+    def as_json(self) -> Any:
+        """The message and any values it reports."""
+        return {"message": self.text, **self.data}
+
+
+@dataclass
+class Table:
+    """A seed-style grid; ``records`` is the same content as a list of JSON objects."""
+
+    columns: Sequence[Column]
+    rows: Sequence[Sequence[str]]
+    records: list[dict[str, Any]]
+
+    def as_text(self) -> str:
+        """The grid."""
+        return render_grid(self.columns, self.rows)
+
+    def as_json(self) -> Any:
+        """The records."""
+        return self.records
+
+
+Output = Message | Table | None
+
+
+def to_json(output: Output) -> str:
+    """Serialise a command's output as JSON text."""
+    payload = {} if output is None else output.as_json()
+    return json.dumps(payload, indent=2, ensure_ascii=False, default=str)

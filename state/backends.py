@@ -1,0 +1,323 @@
+"""Backends (worker nodes), their devices, and backend groups."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from state.checks import check_choice, check_name
+from state.errors import ConflictError, InvalidValueError, NotFoundError
+from state.records import BACKEND_STATUSES, DEVICE_STATUSES, Backend, BackendGroup, Device
+
+if TYPE_CHECKING:
+    from state.session import Session
+
+DEFAULT_GROUP_ID = 0
+MAX_DEVICES_PER_BACKEND = 1024
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
+_DEVICE_COLUMNS = (
+    "backend_id, idx, status, uuid, name, memory_total_mib, memory_used_mib, util_gpu, util_mem, temp_gpu, temp_mem"
+)
+
+
+def check_host(host: str) -> str:
+    """Return ``host`` if it is a plausible host name."""
+    if not _HOST.match(host):
+        raise InvalidValueError(
+            f"'{host}' is not a valid host name: use letters, digits, '.', '-' and '_' (at most 253 characters)."
+        )
+    return host
+
+
+def check_ip(ip: str) -> str:
+    """Return ``ip`` normalised if it is an IPv4 or IPv6 address."""
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise InvalidValueError(f"'{ip}' is not an IP address: use a form like 192.168.110.1.") from None
+
+
+class BackendGroupRepository:
+    """Groups of backends. Every backend is in exactly one; group 0 always exists."""
+
+    def __init__(self, session: Session) -> None:
+        """Bind to a session."""
+        self.s = session
+
+    def require(self, group_id: int) -> str:
+        """Return the group's name or raise NotFoundError."""
+        row = self.s.one("SELECT name FROM backend_groups WHERE id = ?", [group_id])
+        if row is None:
+            raise NotFoundError(f"Backend group {group_id} not found; list them with 'show backendgroup'.")
+        return str(row[0])
+
+    def find(self, id_or_name: str) -> int:
+        """Return the id of the group named or numbered ``id_or_name``."""
+        if id_or_name.lstrip("-").isdigit():
+            self.require(int(id_or_name))
+            return int(id_or_name)
+        row = self.s.one("SELECT id FROM backend_groups WHERE name = ?", [id_or_name])
+        if row is None:
+            raise NotFoundError(f"Backend group '{id_or_name}' not found; list them with 'show backendgroup'.")
+        return int(row[0])
+
+    def all(self, group_id: int | None = None) -> list[BackendGroup]:
+        """Return every backend group (or just ``group_id``) with its backends."""
+        if group_id is not None:
+            self.require(group_id)
+        members: dict[int, list[tuple[int, str]]] = {}
+        for bid, host, gid in self.s.all("SELECT id, host, group_id FROM backends ORDER BY id"):
+            members.setdefault(gid, []).append((bid, host))
+        return [
+            BackendGroup(gid, name, tuple(members.get(gid, ())))
+            for gid, name in self.s.all("SELECT id, name FROM backend_groups ORDER BY id")
+            if group_id is None or gid == group_id
+        ]
+
+    def _check_unique_name(self, name: str, except_id: int | None = None) -> None:
+        row = self.s.one("SELECT id FROM backend_groups WHERE name = ?", [name])
+        if row is not None and row[0] != except_id:
+            raise ConflictError(f"A backend group named '{name}' already exists (id {row[0]}); pick another name.")
+
+    def _not_default(self, group_id: int, doing: str) -> None:
+        if group_id == DEFAULT_GROUP_ID:
+            raise ConflictError(f"The default backend group 0 cannot be {doing}.")
+
+    def _check_movable(self, group_id: int, backend_ids: Sequence[int]) -> None:
+        if len(set(backend_ids)) != len(backend_ids):
+            raise ConflictError("The backend list names the same backend twice; list each once.")
+        for backend_id in backend_ids:
+            current = self.s.backends.get(backend_id).group_id
+            if current not in (DEFAULT_GROUP_ID, group_id):
+                raise ConflictError(
+                    f"Backend {backend_id} belongs to backend group {current}; a backend is in one group only, "
+                    f"so remove it there first ('remove backendgroup {current} {backend_id}')."
+                )
+
+    def _move(self, backend_ids: Sequence[int], group_id: int) -> None:
+        for backend_id in backend_ids:
+            self.s.conn.execute("UPDATE backends SET group_id = ? WHERE id = ?", [group_id, backend_id])
+
+    def create(self, name: str, backend_ids: Sequence[int] = ()) -> int:
+        """Create a group, moving the listed backends (all from the default group) into it."""
+        check_name(name, "backend group name")
+        self._check_unique_name(name)
+        self._check_movable(-1, list(backend_ids))
+        row = self.s.one("SELECT nextval('seq_backendgroup')")
+        assert row is not None
+        group_id = int(row[0])
+        self.s.conn.execute("INSERT INTO backend_groups VALUES (?, ?)", [group_id, name])
+        self._move(backend_ids, group_id)
+        self.s.events.record("CREATE_BACKENDGROUP", f"id={group_id} name={name} backends={list(backend_ids)}")
+        return group_id
+
+    def delete(self, group_id: int, force: bool = False) -> None:
+        """Delete a group; its backends and SDA model groups fall back to the default group."""
+        self._not_default(group_id, "deleted")
+        self.require(group_id)
+        members = self.s.all("SELECT id FROM backends WHERE group_id = ?", [group_id])
+        if members and not force:
+            raise ConflictError(
+                f"Backend group {group_id} still has {len(members)} backend(s); empty it first or add 'true' "
+                "to force the delete."
+            )
+        self._move([m[0] for m in members], DEFAULT_GROUP_ID)
+        self.s.conn.execute(
+            "UPDATE model_groups SET backend_group_id = ? WHERE backend_group_id = ?",
+            [DEFAULT_GROUP_ID, group_id],
+        )
+        self.s.conn.execute("DELETE FROM backend_groups WHERE id = ?", [group_id])
+        self.s.events.record("DELETE_BACKENDGROUP", f"id={group_id} force={force}")
+
+    def rename(self, group_id: int, name: str) -> None:
+        """Change the group's name (not the default group's: scripts rely on it)."""
+        self._not_default(group_id, "renamed")
+        self.require(group_id)
+        check_name(name, "backend group name")
+        self._check_unique_name(name, group_id)
+        self.s.conn.execute("UPDATE backend_groups SET name = ? WHERE id = ?", [name, group_id])
+        self.s.events.record("UPDATE_BACKENDGROUP", f"id={group_id} name={name}")
+
+    def replace_members(self, group_id: int, backend_ids: Sequence[int]) -> None:
+        """Make the listed backends (from the default group or this one) the group's whole list."""
+        self._not_default(group_id, "given a backend list (backends return to it when removed elsewhere)")
+        self.require(group_id)
+        self._check_movable(group_id, list(backend_ids))
+        self.s.conn.execute("UPDATE backends SET group_id = ? WHERE group_id = ?", [DEFAULT_GROUP_ID, group_id])
+        self._move(backend_ids, group_id)
+        self.s.events.record("UPDATE_BACKENDGROUP", f"id={group_id} backends={list(backend_ids)}")
+
+    def add(self, group_id: int, backend_id: int) -> None:
+        """Move one backend from the default group into this group."""
+        self._not_default(group_id, "added to directly (remove the backend from its group instead)")
+        self.require(group_id)
+        if self.s.backends.get(backend_id).group_id == group_id:
+            raise ConflictError(f"Backend {backend_id} is already in backend group {group_id}.")
+        self._check_movable(group_id, [backend_id])
+        self._move([backend_id], group_id)
+        self.s.events.record("ADD_BACKENDGROUP", f"id={group_id} backend={backend_id}")
+
+    def remove(self, group_id: int, backend_id: int) -> None:
+        """Move one backend from this group back to the default group."""
+        self._not_default(group_id, "emptied (every backend must be in some group)")
+        self.require(group_id)
+        if self.s.backends.get(backend_id).group_id != group_id:
+            raise NotFoundError(f"Backend {backend_id} is not in backend group {group_id}; see 'show backendgroup'.")
+        self._move([backend_id], DEFAULT_GROUP_ID)
+        self.s.events.record("REMOVE_BACKENDGROUP", f"id={group_id} backend={backend_id}")
+
+
+class BackendRepository:
+    """Worker nodes and their devices."""
+
+    def __init__(self, session: Session) -> None:
+        """Bind to a session."""
+        self.s = session
+
+    def _build(self, rows: list[tuple[Any, ...]]) -> list[Backend]:
+        if not rows:
+            return []
+        devices: dict[int, list[Device]] = {}
+        ids = [r[0] for r in rows]
+        where = "" if len(ids) > 64 else f" WHERE backend_id IN ({','.join(str(int(i)) for i in ids)})"
+        for row in self.s.all(f"SELECT {_DEVICE_COLUMNS} FROM devices{where} ORDER BY backend_id, idx"):
+            devices.setdefault(row[0], []).append(Device(*row))
+        return [
+            Backend(row[0], row[1], row[2], row[3], row[4], row[5], devices=tuple(devices.get(row[0], ())))
+            for row in rows
+        ]
+
+    def _select(self, where: str = "", params: list[Any] | None = None, order: str = "b.id") -> list[Backend]:
+        return self._build(
+            self.s.all(
+                "SELECT b.id, b.host, b.ip, b.group_id, coalesce(g.name, ''), b.status FROM backends b "
+                f"LEFT JOIN backend_groups g ON g.id = b.group_id {where} ORDER BY {order}",
+                params,
+            )
+        )
+
+    def all(self, order: str = "id") -> list[Backend]:
+        """Return every backend ordered by ``id``, ``name`` (host) or ``group`` (then host)."""
+        orders = {"id": "b.id", "name": "b.host, b.id", "group": "b.group_id, b.host, b.id"}
+        return self._select(order=orders[order])
+
+    def get(self, backend_id: int) -> Backend:
+        """Return one backend or raise NotFoundError."""
+        found = self._select("WHERE b.id = ?", [backend_id])
+        if not found:
+            raise NotFoundError(f"Backend {backend_id} not found; list backends with 'show backend'.")
+        return found[0]
+
+    def by_name(self, host: str) -> list[Backend]:
+        """Return the backend whose host name is ``host``."""
+        found = self._select("WHERE b.host = ?", [host])
+        if not found:
+            raise NotFoundError(f"No backend named '{host}'; list backends with 'show backend name'.")
+        return found
+
+    def by_group(self, id_or_name: str) -> list[Backend]:
+        """Return the backends of one backend group (by id or name)."""
+        group_id = self.s.backend_groups.find(id_or_name)
+        return self._select("WHERE b.group_id = ?", [group_id], order="b.host, b.id")
+
+    def _check_unique_host(self, host: str, except_id: int | None = None) -> None:
+        row = self.s.one("SELECT id FROM backends WHERE host = ?", [host])
+        if row is not None and row[0] != except_id:
+            raise ConflictError(f"A backend named '{host}' already exists (id {row[0]}); host names are unique.")
+
+    def create(self, host: str, ip: str, device_count: int) -> int:
+        """Register a backend with ``device_count`` IDLE devices in the default group; return its id."""
+        check_host(host)
+        ip = check_ip(ip)
+        if not 0 <= device_count <= MAX_DEVICES_PER_BACKEND:
+            raise InvalidValueError(f"Device count {device_count} is out of range: use 0 to {MAX_DEVICES_PER_BACKEND}.")
+        self._check_unique_host(host)
+        row = self.s.one("SELECT nextval('seq_backend')")
+        assert row is not None
+        backend_id = int(row[0])
+        self.s.conn.execute(
+            "INSERT INTO backends (id, host, ip, group_id, status, created_at) VALUES (?, ?, ?, 0, 'ACTIVE', now())",
+            [backend_id, host, ip],
+        )
+        if device_count:
+            self.s.conn.execute(
+                "INSERT INTO devices (backend_id, idx, status) SELECT ?, range, 'IDLE' FROM range(?)",
+                [backend_id, device_count],
+            )
+        self.s.events.record("CREATE_BACKEND", f"id={backend_id} host={host} ip={ip} devices={device_count}")
+        return backend_id
+
+    def _held_devices(self, backend_id: int, index: int | None = None) -> list[tuple[int, str]]:
+        sql = """
+            SELECT device_index, 'job ' || job_id FROM job_devices WHERE backend_id = ?
+            UNION ALL
+            SELECT device_index, 'reserved SDA ' || sda_id FROM sda_reservations WHERE backend_id = ?
+        """
+        rows = self.s.all(sql, [backend_id, backend_id])
+        return [(int(i), str(h)) for i, h in rows if index is None or i == index]
+
+    def delete(self, backend_id: int) -> None:
+        """Remove a backend whose devices no job or reserved SDA holds."""
+        self.get(backend_id)
+        held = self._held_devices(backend_id)
+        if held:
+            raise ConflictError(f"Backend {backend_id} device {held[0][0]} is held by {held[0][1]}; release it first.")
+        self.s.conn.execute("DELETE FROM devices WHERE backend_id = ?", [backend_id])
+        self.s.conn.execute("DELETE FROM backends WHERE id = ?", [backend_id])
+        self.s.events.record("DELETE_BACKEND", f"id={backend_id}")
+
+    def update_host(self, backend_id: int, host: str) -> None:
+        """Rename a backend."""
+        self.get(backend_id)
+        check_host(host)
+        self._check_unique_host(host, backend_id)
+        self.s.conn.execute("UPDATE backends SET host = ? WHERE id = ?", [host, backend_id])
+        self.s.events.record("UPDATE_BACKEND", f"id={backend_id} host={host}")
+
+    def update_ip(self, backend_id: int, ip: str) -> None:
+        """Change a backend's address."""
+        self.get(backend_id)
+        ip = check_ip(ip)
+        self.s.conn.execute("UPDATE backends SET ip = ? WHERE id = ?", [ip, backend_id])
+        self.s.events.record("UPDATE_BACKEND", f"id={backend_id} ip={ip}")
+
+    def update_status(self, backend_id: int, status: str) -> None:
+        """Mark a backend ACTIVE or SHUTDOWN (SHUTDOWN backends get no new jobs)."""
+        self.get(backend_id)
+        status = check_choice(status, BACKEND_STATUSES, "backend status")
+        self.s.conn.execute("UPDATE backends SET status = ? WHERE id = ?", [status, backend_id])
+        self.s.events.record("UPDATE_BACKEND", f"id={backend_id} status={status}")
+
+    def update_group(self, backend_id: int, group_id: int | None) -> None:
+        """Move a backend to another group (None: back to the default group)."""
+        self.get(backend_id)
+        target = DEFAULT_GROUP_ID if group_id is None else group_id
+        self.s.backend_groups.require(target)
+        self.s.conn.execute("UPDATE backends SET group_id = ? WHERE id = ?", [target, backend_id])
+        self.s.events.record("UPDATE_BACKEND", f"id={backend_id} group={target}")
+
+    def update_device(self, backend_id: int, index: int | None, status: str) -> int:
+        """Set one device's status (all devices when ``index`` is None); return how many changed."""
+        backend = self.get(backend_id)
+        status = check_choice(status, DEVICE_STATUSES, "device status")
+        indexes = [d.index for d in backend.devices]
+        if index is not None and index not in indexes:
+            raise NotFoundError(
+                f"Backend {backend_id} has no device {index}; its devices are {', '.join(map(str, indexes)) or 'none'}."
+            )
+        held = self._held_devices(backend_id, index)
+        if held:
+            raise ConflictError(f"Backend {backend_id} device {held[0][0]} is held by {held[0][1]}; release it first.")
+        if index is None:
+            self.s.conn.execute("UPDATE devices SET status = ? WHERE backend_id = ?", [status, backend_id])
+        else:
+            self.s.conn.execute(
+                "UPDATE devices SET status = ? WHERE backend_id = ? AND idx = ?", [status, backend_id, index]
+            )
+        self.s.events.record(
+            "UPDATE_DEVICE",
+            f"backend={backend_id} device={'all' if index is None else index} status={status}",
+        )
+        return len(indexes) if index is None else 1

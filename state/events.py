@@ -1,0 +1,29 @@
+"""The event log: one entry per state change, written in the same transaction as the change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from state.records import Event
+
+
+class EventLog:
+    """Appends and lists events. Appends are part of the caller's transaction."""
+
+    def __init__(self, conn: Any, command: str) -> None:
+        """Bind to an open connection; ``command`` is the command line that caused the changes."""
+        self.conn = conn
+        self.command = command
+
+    def record(self, action: str, detail: str, token: str = "") -> None:
+        """Append one event (atomic with the surrounding transaction)."""
+        self.conn.execute(
+            "INSERT INTO events VALUES (nextval('seq_event'), now(), ?, ?, ?, ?)",
+            [action, token, self.command, detail],
+        )
+
+    def tail(self, count: int | None = None) -> list[Event]:
+        """Return the newest ``count`` events (all when None), oldest first."""
+        sql = "SELECT id, time, action, token, command, detail FROM events ORDER BY id DESC"
+        rows = self.conn.execute(sql + (f" LIMIT {int(count)}" if count is not None else "")).fetchall()
+        return [Event(*row) for row in reversed(rows)]

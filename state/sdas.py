@@ -1,0 +1,226 @@
+"""SDA models and SDAs (a token's software-defined accelerators)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scheduler_core.access import ModelChoice, may_use
+from state.checks import check_name
+from state.errors import ConflictError, InvalidValueError, NotFoundError
+from state.records import SDA, DeviceRef, SDAModel
+
+if TYPE_CHECKING:
+    from state.session import Session
+
+MAX_MODEL_DEVICES = 4096
+
+
+class SDAModelRepository:
+    """Reads and changes SDA models."""
+
+    def __init__(self, session: Session) -> None:
+        """Bind to a session."""
+        self.s = session
+
+    def get(self, model_id: int) -> SDAModel:
+        """Return the model or raise NotFoundError."""
+        row = self.s.one("SELECT id, name, devices FROM sda_models WHERE id = ?", [model_id])
+        if row is None:
+            raise NotFoundError(f"SDA model {model_id} not found; list models with 'show sdamodel'.")
+        return SDAModel(*row)
+
+    def all(self) -> list[SDAModel]:
+        """Return every model ordered by id."""
+        return [SDAModel(*r) for r in self.s.all("SELECT id, name, devices FROM sda_models ORDER BY id")]
+
+    def create(self, name: str, devices: int) -> int:
+        """Create a model of ``devices`` whole devices and return its id."""
+        check_name(name, "SDA model name")
+        if not 1 <= devices <= MAX_MODEL_DEVICES:
+            raise InvalidValueError(f"Device count {devices} is out of range: use 1 to {MAX_MODEL_DEVICES}.")
+        if self.s.one("SELECT id FROM sda_models WHERE name = ?", [name]) is not None:
+            raise ConflictError(f"An SDA model named '{name}' already exists; pick another name.")
+        row = self.s.one("SELECT nextval('seq_sdamodel')")
+        assert row is not None
+        model_id = int(row[0])
+        self.s.conn.execute("INSERT INTO sda_models VALUES (?, ?, ?)", [model_id, name, devices])
+        self.s.events.record("CREATE_SDAMODEL", f"id={model_id} name={name} devices={devices}")
+        return model_id
+
+    def delete(self, model_id: int) -> None:
+        """Delete a model that no SDA uses; it also leaves every SDA model group."""
+        self.get(model_id)
+        used = self.s.one("SELECT count(*) FROM sdas WHERE model_id = ?", [model_id])
+        if used and used[0]:
+            raise ConflictError(
+                f"SDA model {model_id} is used by {used[0]} SDA(s); move them to another model with 'update sda'."
+            )
+        self.s.conn.execute("DELETE FROM model_group_models WHERE model_id = ?", [model_id])
+        self.s.conn.execute("DELETE FROM sda_models WHERE id = ?", [model_id])
+        self.s.events.record("DELETE_SDAMODEL", f"id={model_id}")
+
+
+class SDARepository:
+    """Reads and changes SDAs; enforces max SDA and the token's model access."""
+
+    def __init__(self, session: Session) -> None:
+        """Bind to a session."""
+        self.s = session
+
+    def _devices_by_sda(self, token: str | None = None) -> dict[int, list[DeviceRef]]:
+        sql = """
+            SELECT x.sda_id, x.backend_id, b.host, x.device_index FROM (
+                SELECT sda_id, backend_id, device_index FROM sda_reservations
+                UNION
+                SELECT j.sda_id, d.backend_id, d.device_index FROM job_devices d JOIN jobs j ON j.id = d.job_id
+            ) x JOIN backends b ON b.id = x.backend_id
+            JOIN sdas s ON s.id = x.sda_id
+        """
+        params: list[object] = []
+        if token is not None:
+            sql += " WHERE s.token = ?"
+            params.append(token)
+        out: dict[int, list[DeviceRef]] = {}
+        for sda_id, backend_id, host, index in self.s.all(sql + " ORDER BY 1, 2, 4", params):
+            out.setdefault(sda_id, []).append(DeviceRef(backend_id, host, index))
+        return out
+
+    def _rows(self, where: str = "", params: list[object] | None = None, token: str | None = None) -> list[SDA]:
+        devices = self._devices_by_sda(token)
+        rows = self.s.all(
+            "SELECT id, token, model_id, model_group_id, description, reserved FROM sdas " + where + " ORDER BY id",
+            params,
+        )
+        return [
+            SDA(row[0], row[1], row[2], row[3], row[4], row[5], devices=tuple(devices.get(row[0], ()))) for row in rows
+        ]
+
+    def all(self) -> list[SDA]:
+        """Return every SDA ordered by id."""
+        return self._rows()
+
+    def of_token(self, token: str) -> list[SDA]:
+        """Return the token's SDAs (the token must exist)."""
+        self.s.tokens.get(token)
+        return self._rows("WHERE token = ?", [token], token)
+
+    def get(self, sda_id: int) -> SDA:
+        """Return one SDA or raise NotFoundError."""
+        found = self._rows("WHERE id = ?", [sda_id])
+        if not found:
+            raise NotFoundError(f"SDA {sda_id} not found; list SDAs with 'show sda'.")
+        return found[0]
+
+    def choose_model(self, token: str, model_id: int, model_group_id: int | None) -> ModelChoice:
+        """Return how ``token`` may use the model, or raise an error that says why it may not."""
+        self.s.models.get(model_id)
+        if model_group_id is not None:
+            group = self.s.model_groups.get(model_group_id)
+            if model_id not in {m.id for m in group.models}:
+                raise ConflictError(
+                    f"SDA model {model_id} is not in SDA model group {model_group_id}; "
+                    f"add it with 'add sdamodelgroup {model_group_id} {model_id}'."
+                )
+        choice = may_use(self.s.model_groups.choices_for(token), model_id, model_group_id)
+        if choice is None:
+            raise ConflictError(
+                f"Token '{token}' may not use SDA model {model_id}: none of its user groups reaches it through "
+                "a membership; see 'show sdamodel {token}' and 'show relationship'.".replace("{token}", token)
+            )
+        return choice
+
+    def create(
+        self,
+        token: str,
+        description: str,
+        model_id: int,
+        model_group_id: int | None = None,
+        *,
+        reserved: bool = False,
+    ) -> int:
+        """Create an SDA for ``token`` and return its id; the token's first SDA becomes its current one."""
+        owner = self.s.tokens.get(token)
+        if description:
+            check_name(description, "SDA description")
+        choice = self.choose_model(token, model_id, model_group_id)
+        held = self.s.one("SELECT count(*) FROM sdas WHERE token = ?", [token])
+        if held and held[0] >= owner.max_sda:
+            raise ConflictError(
+                f"Token '{token}' already holds {held[0]} SDA(s), its max SDA; raise it with "
+                f"'update token sda max {token} {held[0] + 1}' or delete one."
+            )
+        row = self.s.one("SELECT nextval('seq_sda')")
+        assert row is not None
+        sda_id = int(row[0])
+        group_id = choice.group.id if choice.group is not None else None
+        self.s.conn.execute(
+            "INSERT INTO sdas VALUES (?, ?, ?, ?, ?, ?, now())",
+            [sda_id, token, model_id, group_id, description, reserved],
+        )
+        if owner.current_sda is None:
+            self.s.conn.execute("UPDATE tokens SET current_sda = ? WHERE value = ?", [sda_id, token])
+        self.s.events.record(
+            "CREATE_RESV_SDA" if reserved else "CREATE_SDA",
+            f"id={sda_id} model={model_id} group={group_id if group_id is not None else ''}",
+            token,
+        )
+        return sda_id
+
+    def _refuse_if_busy(self, sda_id: int, doing: str) -> None:
+        busy = self.s.one("SELECT id, status FROM jobs WHERE sda_id = ? ORDER BY id LIMIT 1", [sda_id])
+        if busy is not None:
+            raise ConflictError(
+                f"SDA {sda_id} cannot be {doing} while job {busy[0]} is {busy[1]} on it; release it first "
+                f"with 'release {busy[0]}'."
+            )
+
+    def delete(self, token: str, sda_id: int | None = None) -> int:
+        """Delete one SDA of the token (or all of them) and return how many were deleted."""
+        owned = self.of_token(token)
+        if sda_id is not None:
+            owned = [sda for sda in owned if sda.id == sda_id]
+            if not owned:
+                raise NotFoundError(f"SDA {sda_id} does not belong to token '{token}'; see 'get sda {token}'.")
+        if not owned:
+            raise NotFoundError(f"Token '{token}' has no SDA to delete.")
+        for sda in owned:
+            self._refuse_if_busy(sda.id, "deleted")
+        for sda in owned:
+            self.s.conn.execute("DELETE FROM sda_reservations WHERE sda_id = ?", [sda.id])
+            self.s.conn.execute("DELETE FROM sdas WHERE id = ?", [sda.id])
+            self.s.events.record("DELETE_SDA", f"id={sda.id}", token)
+        remaining = self.s.one("SELECT min(id) FROM sdas WHERE token = ?", [token])
+        current = self.s.tokens.get(token).current_sda
+        if current is None or current in {sda.id for sda in owned}:
+            self.s.conn.execute(
+                "UPDATE tokens SET current_sda = ? WHERE value = ?",
+                [remaining[0] if remaining else None, token],
+            )
+        return len(owned)
+
+    def update_model(
+        self, token: str, model_id: int, model_group_id: int | None = None, sda_id: int | None = None
+    ) -> int:
+        """Switch an SDA (the token's current one unless ``sda_id``) to another model; return its id."""
+        owner = self.s.tokens.get(token)
+        if sda_id is None:
+            if owner.current_sda is None:
+                raise NotFoundError(f"Token '{token}' has no SDA; create one with 'create sda'.")
+            sda_id = owner.current_sda
+        sda = self.get(sda_id)
+        if sda.token != token:
+            raise NotFoundError(f"SDA {sda_id} does not belong to token '{token}'; see 'get sda {token}'.")
+        if sda.reserved:
+            raise ConflictError(f"SDA {sda_id} is reserved; delete it and create a new reserved SDA instead.")
+        self._refuse_if_busy(sda_id, "switched to another model")
+        choice = self.choose_model(token, model_id, model_group_id)
+        group_id = choice.group.id if choice.group is not None else None
+        self.s.conn.execute(
+            "UPDATE sdas SET model_id = ?, model_group_id = ? WHERE id = ?", [model_id, group_id, sda_id]
+        )
+        self.s.events.record("UPDATE_SDA", f"id={sda_id} model={model_id}", token)
+        return sda_id
+
+    def running(self) -> list[int]:
+        """Return the ids of SDAs that have a RUNNING job."""
+        return [int(r[0]) for r in self.s.all("SELECT DISTINCT sda_id FROM jobs WHERE status = 'RUNNING' ORDER BY 1")]

@@ -1,0 +1,102 @@
+"""A session: the repositories bound to one open transaction."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from state.events import EventLog
+
+if TYPE_CHECKING:
+    from state.backends import BackendGroupRepository, BackendRepository
+    from state.groups import MembershipRepository, ModelGroupRepository, UserGroupRepository
+    from state.sdas import SDAModelRepository, SDARepository
+    from state.tokens import TokenRepository
+    from state.versions import VersionRepository
+
+
+class Session:
+    """Everything one command may read or change, inside one transaction."""
+
+    def __init__(self, conn: Any, command: str) -> None:
+        """Wrap an open connection whose transaction the store manages."""
+        self.conn = conn
+        self.events = EventLog(conn, command)
+
+    @cached_property
+    def tokens(self) -> TokenRepository:
+        """Tokens and their environment values."""
+        from state.tokens import TokenRepository
+
+        return TokenRepository(self)
+
+    @cached_property
+    def models(self) -> SDAModelRepository:
+        """SDA models."""
+        from state.sdas import SDAModelRepository
+
+        return SDAModelRepository(self)
+
+    @cached_property
+    def sdas(self) -> SDARepository:
+        """SDAs."""
+        from state.sdas import SDARepository
+
+        return SDARepository(self)
+
+    @cached_property
+    def user_groups(self) -> UserGroupRepository:
+        """User groups (sets of tokens)."""
+        from state.groups import UserGroupRepository
+
+        return UserGroupRepository(self)
+
+    @cached_property
+    def model_groups(self) -> ModelGroupRepository:
+        """SDA model groups (sets of models tied to a backend group)."""
+        from state.groups import ModelGroupRepository
+
+        return ModelGroupRepository(self)
+
+    @cached_property
+    def memberships(self) -> MembershipRepository:
+        """User group <-> SDA model group links."""
+        from state.groups import MembershipRepository
+
+        return MembershipRepository(self)
+
+    @cached_property
+    def backend_groups(self) -> BackendGroupRepository:
+        """Backend groups."""
+        from state.backends import BackendGroupRepository
+
+        return BackendGroupRepository(self)
+
+    @cached_property
+    def backends(self) -> BackendRepository:
+        """Backends and their devices."""
+        from state.backends import BackendRepository
+
+        return BackendRepository(self)
+
+    @cached_property
+    def versions(self) -> VersionRepository:
+        """Worker versions and their environment."""
+        from state.versions import VersionRepository
+
+        return VersionRepository(self)
+
+    def schema_version(self) -> int:
+        """Return the applied schema version."""
+        from state.migrations import current_version
+
+        return current_version(self.conn)
+
+    def one(self, sql: str, params: list[Any] | None = None) -> tuple[Any, ...] | None:
+        """Run a query and return its first row (or None)."""
+        row = self.conn.execute(sql, params or []).fetchone()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a query and return all rows."""
+        return [tuple(r) for r in self.conn.execute(sql, params or []).fetchall()]

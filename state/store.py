@@ -1,0 +1,203 @@
+"""The state store: one DuckDB file, one lock, a short-lived connection per transaction.
+
+DuckDB lets only one process hold a file open read-write, so every access, reads included, takes
+the file lock first, opens a connection, does its work in one transaction and closes the
+connection before releasing the lock. A process killed at any moment leaves either the whole
+transaction or none of it (DuckDB's WAL), and the kernel drops its lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+from filelock import FileLock, Timeout
+
+from state import migrations
+from state.errors import StateBusyError, StateError, StateUnavailableError
+from state.paths import lock_file, state_file, state_home
+
+if TYPE_CHECKING:
+    from state.session import Session
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get("MOREH_LOCK_TIMEOUT")
+    try:
+        return float(raw) if raw else DEFAULT_LOCK_TIMEOUT_S
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT_S
+
+
+class StateStore:
+    """Access to the shared state. Every method that yields a session is one atomic transaction."""
+
+    def __init__(self, home: Path | None = None, *, lock_timeout: float | None = None) -> None:
+        """Bind the store to ``home`` (default: ``MOREH_HOME`` or the per-system default)."""
+        self.home = home or state_home()
+        self.path = state_file(self.home)
+        self.lock_path = lock_file(self.home)
+        self.lock_timeout = _lock_timeout() if lock_timeout is None else lock_timeout
+        self._schema_checked = False
+        self.lock_wait_s = 0.0
+
+    # -- public -------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, command: str = "") -> Iterator[Session]:
+        """Yield a session inside one transaction, committed on normal exit, rolled back on error.
+
+        ``command`` is the command line being executed; events recorded in the session carry it.
+        """
+        from state.session import Session
+
+        with self._locked(), self._connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                session = Session(conn, command)
+                yield session
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Yield a session for reads only; nothing it does is kept."""
+        from state.session import Session
+
+        with self._locked(), self._connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                yield Session(conn, "")
+            finally:
+                _rollback(conn)
+
+    def schema_version(self) -> int:
+        """Return the schema version of the state file (migrating it first if needed)."""
+        with self.reading() as session:
+            return migrations.current_version(session.conn)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._prepare_home()
+        lock = FileLock(str(self.lock_path), timeout=self.lock_timeout, mode=0o660)
+        started = time.perf_counter()
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StateBusyError(
+                f"The state at {self.path} stayed locked for {self.lock_timeout:g} s by another process; "
+                "try again, or raise MOREH_LOCK_TIMEOUT."
+            ) from None
+        except OSError as exc:
+            raise StateUnavailableError(
+                f"Cannot lock {self.lock_path}: {exc.strerror}. Check that you may write to {self.home}."
+            ) from None
+        self.lock_wait_s = time.perf_counter() - started
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        conn = self._open()
+        try:
+            if not self._schema_checked:
+                conn = self._ensure_schema(conn)
+                self._schema_checked = True
+            yield conn
+        except duckdb.Error as exc:
+            raise StateError(f"State database error: {_first_line(exc)}") from exc
+        finally:
+            conn.close()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        old_umask = os.umask(0o007)
+        try:
+            conn = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise StateUnavailableError(
+                f"Cannot open the state file {self.path}: {_first_line(exc)}. If it is corrupt or not a "
+                "moreh-tools state, move it away (a fresh one is created) or point MOREH_HOME elsewhere."
+            ) from None
+        finally:
+            os.umask(old_umask)
+        _never_world_writable(self.path)
+        return conn
+
+    def _ensure_schema(self, conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        version = migrations.current_version(conn)
+        if version == migrations.LATEST_VERSION:
+            return conn
+        if version > migrations.LATEST_VERSION:
+            conn.close()
+            raise StateUnavailableError(
+                f"The state file {self.path} has schema version {version}, newer than this moreh-tools "
+                f"understands ({migrations.LATEST_VERSION}); upgrade moreh-tools."
+            )
+        if version > 0:
+            # Keep the file as it was before touching its schema, so a failed migration loses nothing.
+            conn.execute("CHECKPOINT")
+            conn.close()
+            backup = self.path.with_name(f"{self.path.name}.bak-v{version}-{int(time.time())}")
+            shutil.copy2(self.path, backup)
+            conn = self._open()
+        migrations.migrate(conn)
+        return conn
+
+    def _prepare_home(self) -> None:
+        home = self.home
+        try:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateUnavailableError(
+                f"Cannot create the state directory {home}: {exc.strerror}. Set MOREH_HOME to a directory "
+                "you may write to."
+            ) from None
+        if not home.is_dir():
+            raise StateUnavailableError(f"MOREH_HOME {home} is not a directory; point it at a directory.")
+        if home.stat().st_mode & stat.S_IWOTH:
+            raise StateUnavailableError(
+                f"The state directory {home} is world-writable, so anyone could replace the state; "
+                f"run 'chmod o-w {home}' (share it through a group instead, see the README)."
+            )
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except Exception:  # the transaction may already be gone; closing the connection discards it
+        pass
+
+
+def _never_world_writable(path: Path) -> None:
+    for candidate in (path, path.with_name(path.name + ".wal")):
+        try:
+            mode = candidate.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & stat.S_IWOTH:
+            candidate.chmod(mode & ~stat.S_IWOTH)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_store(home: Path | None = None) -> StateStore:
+    """Return a store for ``home`` (default: ``MOREH_HOME`` or the per-system default)."""
+    return StateStore(home)
