@@ -321,3 +321,40 @@ class BackendRepository:
             f"backend={backend_id} device={'all' if index is None else index} status={status}",
         )
         return len(indexes) if index is None else 1
+
+    def local_id(self, host: str) -> int | None:
+        """Return the id of the backend named ``host``, if registered."""
+        row = self.s.one("SELECT id FROM backends WHERE host = ?", [host])
+        return int(row[0]) if row else None
+
+    def register_local(self, host: str, ip: str, devices: Sequence[tuple[str, str, int]]) -> int:
+        """Register this host as a backend with its GPUs ((uuid, name, memory MiB) per index); return its id.
+
+        An already registered host keeps its status, group and device statuses (the admin's word
+        stands); GPUs that appeared since are added as IDLE.
+        """
+        backend_id = self.local_id(host)
+        if backend_id is None:
+            backend_id = self.create(host, ip, 0)
+        known = {int(r[0]) for r in self.s.all("SELECT idx FROM devices WHERE backend_id = ?", [backend_id])}
+        for index, (uuid, name, memory) in enumerate(devices):
+            if index not in known:
+                self.s.conn.execute(
+                    "INSERT INTO devices (backend_id, idx, status) VALUES (?, ?, 'IDLE')", [backend_id, index]
+                )
+            self.s.conn.execute(
+                "UPDATE devices SET uuid = ?, name = ?, memory_total_mib = ? WHERE backend_id = ? AND idx = ?",
+                [uuid, name, memory, backend_id, index],
+            )
+        return backend_id
+
+    def record_samples(self, backend_id: int, samples: Sequence[Device]) -> None:
+        """Store the latest sampled figures of a backend's devices."""
+        self.s.conn.executemany(
+            "UPDATE devices SET memory_total_mib = ?, memory_used_mib = ?, util_gpu = ?, util_mem = ?, temp_gpu = ?, "
+            "temp_mem = ?, sampled_at = now() WHERE backend_id = ? AND idx = ?",
+            [
+                [d.memory_total_mib, d.memory_used_mib, d.util_gpu, d.util_mem, d.temp_gpu, d.temp_mem, backend_id, d.index]
+                for d in samples
+            ],
+        )

@@ -129,6 +129,7 @@ def m001_initial(conn: Connection) -> None:
             pid INTEGER,
             pid_create_time DOUBLE,
             launcher_pid INTEGER,
+            launcher_create_time DOUBLE,
             process_name VARCHAR NOT NULL DEFAULT '',
             client_version VARCHAR NOT NULL DEFAULT '',
             device_count INTEGER NOT NULL,

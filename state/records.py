@@ -155,3 +155,62 @@ class Event:
     token: str
     command: str
     detail: str
+
+
+JOB_STATUSES = ("QUEUED", "SUBMITTED", "RUNNING")
+END_REASONS = ("finished", "failed", "released", "lost")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job in the queue (QUEUED) or holding devices (SUBMITTED, RUNNING)."""
+
+    id: int
+    token: str
+    sda_id: int
+    priority: int
+    status: str
+    host: str
+    pid: int | None
+    pid_create_time: float | None
+    launcher_pid: int | None
+    launcher_create_time: float | None
+    process_name: str
+    client_version: str
+    device_count: int
+    request_time: datetime
+    submit_time: datetime | None
+    start_time: datetime | None
+    release_requested: bool
+    devices: tuple[DeviceRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A job that has ended."""
+
+    id: int
+    token: str
+    sda_id: int
+    priority: int
+    host: str
+    pid: int | None
+    process_name: str
+    client_version: str
+    device_count: int
+    devices: str
+    request_time: datetime
+    start_time: datetime | None
+    end_time: datetime
+    exit_code: int | None
+    end_reason: str
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Device-seconds a token used in a period."""
+
+    token: str
+    description: str
+    device_seconds: float
+    jobs: int

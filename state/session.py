@@ -10,6 +10,7 @@ from state.events import EventLog
 if TYPE_CHECKING:
     from state.backends import BackendGroupRepository, BackendRepository
     from state.groups import MembershipRepository, ModelGroupRepository, UserGroupRepository
+    from state.jobs import JobRepository
     from state.sdas import SDAModelRepository, SDARepository
     from state.tokens import TokenRepository
     from state.versions import VersionRepository
@@ -78,6 +79,13 @@ class Session:
         from state.backends import BackendRepository
 
         return BackendRepository(self)
+
+    @cached_property
+    def jobs(self) -> JobRepository:
+        """The job queue, history and usage."""
+        from state.jobs import JobRepository
+
+        return JobRepository(self)
 
     @cached_property
     def versions(self) -> VersionRepository:

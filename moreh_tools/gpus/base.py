@@ -1,0 +1,94 @@
+"""What every GPU provider returns: frozen snapshots, the provider protocol and its one error.
+
+The scheduler, ``moreh-smi`` and the daemon read only these dataclasses, so every test can run
+without a GPU by fabricating snapshots (STYLE lesson 4, nvitop's ``Device.as_snapshot()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+#: Device count and memory of the simulated GPUs used when no NVIDIA GPU is usable.
+DEFAULT_FAKE_GPU_COUNT = 8
+DEFAULT_FAKE_GPU_MEMORY_MIB = 81920
+
+#: Bounds accepted in ``MOREH_FAKE_GPUS=N`` / ``N:MiB``.
+MAX_FAKE_GPU_COUNT = 64
+MAX_FAKE_GPU_MEMORY_MIB = 1048576
+
+MIB = 1024 * 1024
+
+
+class GpuUnavailableError(Exception):
+    """No GPU provider can be used; the message is the one line the user sees.
+
+    ``reason`` is the bare cause (e.g. ``NVML Shared Library Not Found``), for messages that
+    embed it; it defaults to the message.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """One process holding memory on a device, as NVML reports it."""
+
+    pid: int
+    used_memory_mib: int
+
+
+@dataclass(frozen=True)
+class GpuSnapshot:
+    """One device at one moment.
+
+    ``index`` is the NVML index (PCI bus order): the number ``CUDA_VISIBLE_DEVICES`` takes when
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``. Metrics a device does not support are ``None``.
+    """
+
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    memory_used_mib: int
+    util_gpu: int | None
+    util_mem: int | None
+    temp_gpu: int | None
+    temp_mem: int | None
+    processes: tuple[GpuProcess, ...]
+
+    @property
+    def memory_percent(self) -> int:
+        """Memory in use as a whole percentage of the total (0 when the total is unknown)."""
+        if self.memory_total_mib <= 0:
+            return 0
+        return round(100 * self.memory_used_mib / self.memory_total_mib)
+
+
+@runtime_checkable
+class GpuProvider(Protocol):
+    """A source of GPU snapshots: real (NVML) or simulated."""
+
+    @property
+    def simulated(self) -> bool:
+        """True for simulated GPUs: every UI must label them as such."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """One line naming the source, e.g. ``NVML 12.550.54 (driver 550.54.15)``."""
+        ...
+
+    def device_count(self) -> int:
+        """Number of devices."""
+        ...
+
+    def snapshot(self) -> list[GpuSnapshot]:
+        """All devices, collected in one pass, ordered by index."""
+        ...
+
+    def close(self) -> None:
+        """Release the library (safe to call more than once)."""
+        ...

@@ -1,0 +1,48 @@
+"""Finding the user's token and this host's identity, shared by every user tool."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_TOKEN_FILE = "/etc/moreh/token"
+
+
+class TokenNotGiven(Exception):
+    """No token was found; the message is the real tools' line."""
+
+    def __init__(self) -> None:
+        super().__init__("SDA token is not given.")
+
+
+def find_token(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Return the token: ``explicit``, else MOREH_SDA_TOKEN, else the file MOREH_TOKEN_FILE (/etc/moreh/token)."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit.strip()
+    value = env.get("MOREH_SDA_TOKEN", "").strip()
+    if value:
+        return value
+    path = Path(env.get("MOREH_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        raise TokenNotGiven from None
+    if not text:
+        raise TokenNotGiven
+    return text.split()[0]
+
+
+def host_name() -> str:
+    """This host's name as a backend is registered under (MOREH_HOSTNAME overrides it, for tests)."""
+    return os.environ.get("MOREH_HOSTNAME") or socket.gethostname() or "localhost"
+
+
+def host_ip(name: str) -> str:
+    """This host's address, or loopback when the name does not resolve."""
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return "127.0.0.1"

@@ -1,0 +1,96 @@
+"""Process identity and termination: PID-reuse-safe liveness checks and killing a job's whole tree."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+
+JOB_ENV = "MOREH_JOB_ID"
+
+
+def create_time(pid: int) -> float | None:
+    """Return the process start time used to tell a PID from a reused one, or None if it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def is_alive(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` still runs and is the same process that started at ``started``."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 0.05
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def job_processes(job_id: int, home: str | None = None) -> list[psutil.Process]:
+    """Every live process of this user tagged with the job id (children inherit the tag)."""
+    wanted = str(job_id)
+    found: list[psutil.Process] = []
+    me = os.getuid()
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            uids = proc.info["uids"]
+            if uids is None or (me != 0 and uids.real != me):
+                continue
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if env.get(JOB_ENV) == wanted and (home is None or env.get("MOREH_HOME") == home):
+            found.append(proc)
+    return found
+
+
+def terminate(pids_or_procs: list[psutil.Process], grace: float) -> int:
+    """SIGTERM every process, SIGKILL those still alive after ``grace`` seconds; return how many were hit."""
+    procs = [p for p in pids_or_procs if p.pid != os.getpid()]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=2)
+    return len(procs)
+
+
+def tree(pid: int, started: float | None) -> list[psutil.Process]:
+    """The process ``pid`` (if it is still the same process) and all its descendants."""
+    if not is_alive(pid, started):
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def end_job_processes(job_id: int, pid: int | None, started: float | None, home: str | None, grace: float) -> int:
+    """Terminate a job's process tree and every straggler tagged with its id."""
+    procs = {p.pid: p for p in tree(pid, started)} if pid else {}
+    for proc in job_processes(job_id, home):
+        procs.setdefault(proc.pid, proc)
+    if not procs:
+        return 0
+    return terminate(list(procs.values()), grace)
+
+
+def wait_gone(pid: int, started: float | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for a process to end; return whether it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_alive(pid, started):
+            return True
+        time.sleep(0.05)
+    return not is_alive(pid, started)

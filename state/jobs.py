@@ -1,0 +1,364 @@
+"""The job queue, device allocation, history and usage.
+
+A job moves QUEUED -> SUBMITTED (devices allocated, PREPARING) -> RUNNING (PROCESSING) and then into
+``job_history`` with an end reason; its devices go CLEANING and back to IDLE. The ``job_devices``
+primary key (backend, device index) makes it impossible for the database to record one device as
+given to two jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from scheduler_core.scheduling import Allocation, BackendState, Decision, DeviceState, QueuedJob, schedule
+from state.checks import check_priority
+from state.errors import ConflictError, InvalidValueError, NotFoundError
+from state.records import END_REASONS, JOB_STATUSES, DeviceRef, HistoryEntry, Job, TokenUsage
+
+if TYPE_CHECKING:
+    from state.session import Session
+
+_JOB_COLUMNS = (
+    "id, token, sda_id, priority, status, host, pid, pid_create_time, launcher_pid, launcher_create_time, "
+    "process_name, client_version, "
+    "device_count, request_time, submit_time, start_time, release_requested"
+)
+_HISTORY_COLUMNS = (
+    "id, token, sda_id, priority, host, pid, process_name, client_version, device_count, devices, request_time, "
+    "start_time, end_time, exit_code, end_reason"
+)
+
+
+def _epoch(value: datetime | None) -> float:
+    return value.timestamp() if value is not None else 0.0
+
+
+class JobRepository:
+    """Reads and changes jobs; every change records an event."""
+
+    def __init__(self, session: Session) -> None:
+        """Bind to a session."""
+        self.s = session
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _devices(self, job_ids: Sequence[int] | None = None) -> dict[int, list[DeviceRef]]:
+        sql = (
+            "SELECT d.job_id, d.backend_id, b.host, d.device_index FROM job_devices d "
+            "JOIN backends b ON b.id = d.backend_id"
+        )
+        params: list[Any] = []
+        if job_ids is not None:
+            if not job_ids:
+                return {}
+            sql += f" WHERE d.job_id IN ({','.join('?' * len(job_ids))})"
+            params = list(job_ids)
+        out: dict[int, list[DeviceRef]] = {}
+        for job_id, backend_id, host, index in self.s.all(sql + " ORDER BY 1, 2, 4", params):
+            out.setdefault(int(job_id), []).append(DeviceRef(backend_id, host, index))
+        return out
+
+    def _select(self, where: str = "", params: list[Any] | None = None) -> list[Job]:
+        rows = self.s.all(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", params)
+        devices = self._devices([int(r[0]) for r in rows]) if len(rows) <= 500 else self._devices()
+        return [Job(*row[:17], devices=tuple(devices.get(int(row[0]), ()))) for row in rows]  # type: ignore[misc]
+
+    def get(self, job_id: int) -> Job:
+        """Return a queued or running job or raise NotFoundError."""
+        found = self._select("WHERE id = ?", [job_id])
+        if not found:
+            raise NotFoundError(f"Job {job_id} is not in the queue; see 'show job' (ended jobs: 'get history feid').")
+        return found[0]
+
+    def find(self, job_id: int) -> Job | None:
+        """Return the job if it is still queued or running."""
+        found = self._select("WHERE id = ?", [job_id])
+        return found[0] if found else None
+
+    def all(self, status: str | None = None) -> list[Job]:
+        """Return every job in the queue (optionally one status), oldest first."""
+        if status is None:
+            return self._select()
+        upper = status.upper()
+        if upper == "SUMMITED":  # the seeds' spelling
+            upper = "SUBMITTED"
+        if upper not in JOB_STATUSES:
+            raise InvalidValueError(f"Unknown job status '{status}': use one of {'|'.join(JOB_STATUSES)}.")
+        return self._select("WHERE status = ?", [upper])
+
+    def of_token(self, token: str) -> list[Job]:
+        """Return the token's jobs (the token must exist)."""
+        self.s.tokens.get(token)
+        return self._select("WHERE token = ?", [token])
+
+    def on_host(self, host: str) -> list[Job]:
+        """Return the jobs launched on ``host``."""
+        return self._select("WHERE host = ?", [host])
+
+    def queue_position(self, job_id: int) -> int | None:
+        """Return the 1-based position of a QUEUED job in scheduling order."""
+        rows = self.s.all("SELECT id FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, request_time, id")
+        for position, (jid,) in enumerate(rows, start=1):
+            if jid == job_id:
+                return position
+        return None
+
+    # -- submission ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        token: str,
+        sda_id: int,
+        *,
+        host: str,
+        launcher_pid: int,
+        launcher_create_time: float,
+        process_name: str,
+        priority: int | None = None,
+        client_version: str = "",
+    ) -> Job:
+        """Queue a job for one of the token's SDAs; refuse what could never run."""
+        owner = self.s.tokens.get(token)
+        sda = self.s.sdas.get(sda_id)
+        if sda.token != token:
+            raise NotFoundError(f"SDA {sda_id} does not belong to this token; see 'moreh-smi device --list'.")
+        self.s.sdas.choose_model(token, sda.model_id, sda.model_group_id)
+        model = self.s.models.get(sda.model_id)
+        job_priority = owner.priority if priority is None else check_priority(priority)
+        backend = self.s.one("SELECT id, group_id FROM backends WHERE host = ?", [host])
+        if backend is None:
+            raise NotFoundError(f"This host '{host}' is not a registered backend; register it first.")
+        wanted_group = self.backend_group_of_sda(sda_id)
+        if not sda.reserved and backend[1] != wanted_group:
+            raise ConflictError(
+                f"SDA {sda_id} runs on backend group {wanted_group}, which does not include this host '{host}' "
+                f"(group {backend[1]}); ask an admin to adjust the groups."
+            )
+        usable = self.s.one(
+            "SELECT count(*) FROM devices d JOIN backends b ON b.id = d.backend_id "
+            "WHERE b.host = ? AND d.status <> 'SHUTDOWN'",
+            [host],
+        )
+        if not sda.reserved and usable is not None and usable[0] < model.devices:
+            raise ConflictError(
+                f"SDA {sda_id} ({model.name}) needs {model.devices} device(s) but this host '{host}' has "
+                f"{usable[0]} usable; pick a smaller model with 'moreh-switch-model'."
+            )
+        row = self.s.one("SELECT nextval('seq_job')")
+        assert row is not None
+        job_id = int(row[0])
+        self.s.conn.execute(
+            "INSERT INTO jobs (id, token, sda_id, priority, status, host, launcher_pid, launcher_create_time, "
+            "process_name, client_version, device_count, request_time) "
+            "VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, now())",
+            [
+                job_id, token, sda_id, job_priority, host, launcher_pid, launcher_create_time, process_name,
+                client_version, model.devices,
+            ],
+        )
+        self.s.events.record("CREATE_JOB", f"id={job_id} sda={sda_id} devices={model.devices}", token)
+        return self.get(job_id)
+
+    def backend_group_of_sda(self, sda_id: int) -> int:
+        """The backend group an SDA's jobs run in: its model group's, else the default group 0."""
+        row = self.s.one(
+            "SELECT coalesce(g.backend_group_id, 0) FROM sdas s LEFT JOIN model_groups g ON g.id = s.model_group_id "
+            "WHERE s.id = ?",
+            [sda_id],
+        )
+        return int(row[0]) if row else 0
+
+    # -- the scheduling pass --------------------------------------------------------------------
+
+    def scheduling_inputs(self) -> tuple[list[BackendState], list[QueuedJob], dict[int, int], set[tuple[int, int]]]:
+        """Snapshot what the scheduler needs: backends, the queue, active jobs per SDA, reserved devices."""
+        devices: dict[int, list[DeviceState]] = {}
+        for backend_id, idx, status in self.s.all("SELECT backend_id, idx, status FROM devices ORDER BY 1, 2"):
+            devices.setdefault(backend_id, []).append(DeviceState(backend_id, idx, status))
+        backends = [
+            BackendState(bid, host, gid, status == "ACTIVE", tuple(devices.get(bid, ())))
+            for bid, host, gid, status in self.s.all("SELECT id, host, group_id, status FROM backends ORDER BY id")
+        ]
+        reservations: dict[int, list[tuple[int, int]]] = {}
+        for sda_id, backend_id, idx in self.s.all("SELECT sda_id, backend_id, device_index FROM sda_reservations"):
+            reservations.setdefault(sda_id, []).append((backend_id, idx))
+        host_backend = {host: bid for bid, host in self.s.all("SELECT id, host FROM backends")}
+        queue: list[QueuedJob] = []
+        for jid, token, sda_id, priority, request_time, count, host, group, duplicable in self.s.all(
+            "SELECT j.id, j.token, j.sda_id, j.priority, j.request_time, j.device_count, j.host, "
+            "coalesce(g.backend_group_id, 0), t.duplicable "
+            "FROM jobs j JOIN sdas s ON s.id = j.sda_id JOIN tokens t ON t.value = j.token "
+            "LEFT JOIN model_groups g ON g.id = s.model_group_id WHERE j.status = 'QUEUED'"
+        ):
+            local = host_backend.get(host)
+            queue.append(
+                QueuedJob(
+                    id=int(jid),
+                    token=token,
+                    sda_id=int(sda_id),
+                    priority=int(priority),
+                    request_time=_epoch(request_time),
+                    device_count=int(count),
+                    backend_group_id=int(group),
+                    sda_limit=int(duplicable),
+                    reserved_devices=tuple(sorted(reservations.get(int(sda_id), ()))),
+                    allowed_backends=frozenset({local}) if local is not None else frozenset(),
+                )
+            )
+        active = {
+            int(sda): int(n)
+            for sda, n in self.s.all("SELECT sda_id, count(*) FROM jobs WHERE status <> 'QUEUED' GROUP BY sda_id")
+        }
+        reserved = {(b, i) for held in reservations.values() for b, i in held}
+        return backends, queue, active, reserved
+
+    def run_scheduling_pass(self) -> Decision:
+        """Decide and apply allocations for the queue; return the decision (allocations and reasons)."""
+        backends, queue, active, reserved = self.scheduling_inputs()
+        if not queue:
+            return Decision((), {})
+        decision = schedule(backends, queue, active, reserved)
+        for allocation in decision.allocations:
+            self._apply(allocation)
+        return decision
+
+    def _apply(self, allocation: Allocation) -> None:
+        self.s.conn.executemany(
+            "INSERT INTO job_devices VALUES (?, ?, ?)", [[allocation.job_id, b, i] for b, i in allocation.devices]
+        )
+        for backend_id, index in allocation.devices:
+            self.s.conn.execute(
+                "UPDATE devices SET status = 'PREPARING' WHERE backend_id = ? AND idx = ? AND status = 'IDLE'",
+                [backend_id, index],
+            )
+        self.s.conn.execute(
+            "UPDATE jobs SET status = 'SUBMITTED', submit_time = now() WHERE id = ? AND status = 'QUEUED'",
+            [allocation.job_id],
+        )
+        devices = ",".join(f"{b}:{i}" for b, i in allocation.devices)
+        self.s.events.record("ALLOCATE_JOB", f"id={allocation.job_id} devices={devices}")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def mark_running(self, job_id: int, pid: int, pid_create_time: float) -> None:
+        """Record that the job's process started: devices PROCESSING."""
+        self.s.conn.execute(
+            "UPDATE jobs SET status = 'RUNNING', pid = ?, pid_create_time = ?, start_time = now() WHERE id = ?",
+            [pid, pid_create_time, job_id],
+        )
+        self.s.conn.execute(
+            "UPDATE devices SET status = 'PROCESSING' FROM job_devices d "
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
+            [job_id],
+        )
+
+    def mark_cleaning(self, job_id: int) -> None:
+        """The job's process has ended: its devices are being cleaned."""
+        self.s.conn.execute(
+            "UPDATE devices SET status = 'CLEANING' FROM job_devices d "
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
+            [job_id],
+        )
+
+    def finish(self, job_id: int, exit_code: int | None, reason: str) -> HistoryEntry | None:
+        """Move the job to history, free its devices (IDLE) and record their usage; None if already gone."""
+        if reason not in END_REASONS:
+            raise InvalidValueError(f"Unknown end reason '{reason}'.")
+        job = self.find(job_id)
+        if job is None:
+            return None
+        if job.release_requested and reason in ("failed", "finished", "lost"):
+            reason = "released"
+        devices = json.dumps([{"host": d.backend_host, "backend_id": d.backend_id, "index": d.index} for d in job.devices])
+        self.s.conn.execute(
+            f"INSERT INTO job_history ({_HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
+            [
+                job.id, job.token, job.sda_id, job.priority, job.host, job.pid, job.process_name, job.client_version,
+                job.device_count, devices, job.request_time, job.start_time, exit_code, reason,
+            ],
+        )
+        if job.start_time is not None:
+            self.s.conn.execute(
+                "INSERT INTO device_usage SELECT ?, ?, backend_id, device_index, ?, now() FROM job_devices "
+                "WHERE job_id = ?",
+                [job.id, job.token, job.start_time, job.id],
+            )
+        self.s.conn.execute(
+            "UPDATE devices SET status = 'IDLE' FROM job_devices d "
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index "
+            "AND devices.status IN ('PREPARING', 'PROCESSING', 'CLEANING')",
+            [job_id],
+        )
+        self.s.conn.execute("DELETE FROM job_devices WHERE job_id = ?", [job_id])
+        self.s.conn.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
+        self.s.conn.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+        self.s.events.record("END_JOB", f"id={job_id} reason={reason} exit={exit_code}", job.token)
+        return self.history_entry(job_id)
+
+    def request_release(self, job_id: int) -> Job:
+        """Flag a job for release; a QUEUED job leaves the queue at once."""
+        job = self.get(job_id)
+        self.s.conn.execute("UPDATE jobs SET release_requested = TRUE WHERE id = ?", [job_id])
+        self.s.events.record("RELEASE_JOB", f"id={job_id} status={job.status}", job.token)
+        if job.status == "QUEUED":
+            self.finish(job_id, None, "released")
+        return job
+
+    def update_priority(self, job_id: int, priority: int) -> None:
+        """Change a QUEUED job's priority (-99..99)."""
+        job = self.get(job_id)
+        check_priority(priority)
+        if job.status != "QUEUED":
+            raise ConflictError(f"Job {job_id} is {job.status}; only a QUEUED job's priority can change.")
+        self.s.conn.execute("UPDATE jobs SET priority = ? WHERE id = ?", [priority, job_id])
+        self.s.events.record("UPDATE_JOB_PRIORITY", f"id={job_id} priority={priority}", job.token)
+
+    def record_processes(self, job_id: int, processes: Sequence[tuple[int, str, int, int | None, int | None]]) -> None:
+        """Replace the sampled processes of a job: (pid, name, memory MiB, backend id, device index)."""
+        self.s.conn.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
+        if processes:
+            self.s.conn.executemany(
+                "INSERT INTO job_processes VALUES (?, ?, ?, ?, ?, ?)", [[job_id, *p] for p in processes]
+            )
+
+    # -- history and usage ------------------------------------------------------------------------
+
+    def history(self, count: int | None = None, token: str | None = None) -> list[HistoryEntry]:
+        """Return ended jobs, newest last (the newest ``count`` when given)."""
+        where, params = ("WHERE token = ?", [token]) if token is not None else ("", [])
+        if token is not None:
+            self.s.tokens.get(token)
+        limit = f" LIMIT {int(count)}" if count is not None else ""
+        rows = self.s.all(f"SELECT {_HISTORY_COLUMNS} FROM job_history {where} ORDER BY end_time DESC, id DESC{limit}", params)
+        return [HistoryEntry(*row) for row in reversed(rows)]
+
+    def history_entry(self, job_id: int) -> HistoryEntry | None:
+        """Return one ended job."""
+        row = self.s.one(f"SELECT {_HISTORY_COLUMNS} FROM job_history WHERE id = ?", [job_id])
+        return HistoryEntry(*row) if row else None
+
+    def usage(self, begin: datetime, end: datetime, token: str | None = None) -> list[TokenUsage]:
+        """Device-seconds per token inside [begin, end], counting running jobs up to now."""
+        if end <= begin:
+            raise InvalidValueError("The end of the period must come after its beginning.")
+        if token is not None:
+            self.s.tokens.get(token)
+        sql = """
+            WITH spans AS (
+                SELECT token, job_id, start_time, end_time FROM device_usage
+                UNION ALL
+                SELECT j.token, j.id, j.start_time, now()::TIMESTAMP FROM jobs j JOIN job_devices d ON d.job_id = j.id
+                WHERE j.start_time IS NOT NULL
+            ), clipped AS (
+                SELECT token, job_id, greatest(start_time, ?) AS s, least(end_time, ?) AS e FROM spans
+            )
+            SELECT c.token, coalesce(t.description, ''), sum(epoch(e) - epoch(s)), count(DISTINCT job_id)
+            FROM clipped c LEFT JOIN tokens t ON t.value = c.token
+            WHERE e > s {filter}
+            GROUP BY c.token, t.description ORDER BY 3 DESC, 1
+        """.replace("{filter}", "AND c.token = ?" if token is not None else "")
+        params: list[Any] = [begin, end] + ([token] if token is not None else [])
+        return [TokenUsage(t, d, float(sec), int(n)) for t, d, sec, n in self.s.all(sql, params)]
