@@ -16,7 +16,7 @@ class Column:
     """One column: its header, how values align, and a minimum content width."""
 
     header: str
-    align: str = "left"  # or "right"
+    align: str = "left"  # or "right" or "center"
     min_width: int = 0
 
 
@@ -31,6 +31,9 @@ def _pad(text: str, width: int, align: str) -> str:
     gap = width - display_width(text)
     if gap <= 0:
         return text
+    if align == "center":  # moreh-smi -p centres its figures, the odd space on the left ("|     0 %    |")
+        left = (gap + 1) // 2
+        return " " * left + text + " " * (gap - left)
     return " " * gap + text if align == "right" else text + " " * gap
 
 
@@ -43,16 +46,25 @@ def _center(text: str, total: int) -> str:
 def render_grid(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> str:
     """Render ``rows`` (each a sequence of cell strings, one per column) as a seed-style grid."""
     widths = [max(display_width(c.header), c.min_width) for c in columns]
-    for row in rows:
-        for i, cell in enumerate(row):
-            w = display_width(cell)
-            if w > widths[i]:
-                widths[i] = w
+    if any(len(row) != len(columns) for row in rows):
+        raise ValueError("every row needs one cell per column")
+    # Big tables (10,000 tokens) are almost always ASCII: measure them column by column with len()
+    # and pad with str.format, which is several times faster than padding cell by cell.
+    cells_by_column = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    ascii_only = all("".join(cells).isascii() for cells in cells_by_column)
+    for i, cells in enumerate(cells_by_column):
+        if cells:
+            widths[i] = max(widths[i], max(map(len if ascii_only else display_width, cells)))
     header = "|" + "|".join(_center(c.header, w + 4) for c, w in zip(columns, widths, strict=True)) + "|"
     inner = len(header) - 2
     lines = ["+" + "-" * inner + "+", header, "+" + "=" * inner + "+"]
     aligns = [c.align for c in columns]
-    for row in rows:
+    if ascii_only:
+        row_format = "|" + "|".join(
+            f"  {{:{'>' if a == 'right' else '<'}{w}}}  " for w, a in zip(widths, aligns, strict=True)
+        ) + "|"
+        lines.extend(row_format.format(*row) for row in rows)
+    for row in rows if not ascii_only else ():
         lines.append(
             "|" + "|".join("  " + _pad(cell, w, a) + "  " for cell, w, a in zip(row, widths, aligns, strict=True)) + "|"
         )

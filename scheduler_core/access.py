@@ -66,6 +66,15 @@ def allowed_models(
     ]
 
 
+def sda_quota_left(owned: int, max_sda: int) -> int:
+    """Return how many more SDAs a token that owns ``owned`` of at most ``max_sda`` may create (never below 0).
+
+    A token may own up to its max SDA; one that already owns more (its max was lowered around it)
+    may create none until it deletes some.
+    """
+    return max(0, max_sda - owned)
+
+
 def may_use(choices: Sequence[ModelChoice], model_id: int, model_group_id: int | None) -> ModelChoice | None:
     """Return the choice that permits ``model_id`` (through ``model_group_id`` when given), else None."""
     for choice in choices:

@@ -6,16 +6,23 @@ same input always gives the same decision, whatever order the backends, devices 
 The policy follows the SDA Manager manual:
 
 * Jobs are taken in :func:`queue_order`: higher priority first, then earlier request, then lower id.
-* Strict priority without backfill inside a backend group: once a job of group G cannot get enough
-  idle devices, every later job of group G waits behind it, even a small one that would fit (the
-  manual's "a 48-node customer at the head keeps the 0.5-node customers out"; admins fix that with
-  priorities). Jobs of other groups are unaffected.
-* Jobs that never hold the group up: one that can never fit (it needs more devices than its group
-  has usable), one whose SDA already runs as many jobs as it may (one process per SDA unless the
-  token is duplicable), and a reserved-SDA job (it only ever uses its own reserved devices).
+* A job's candidate backends are the ACTIVE backends of its backend group, narrowed to
+  ``allowed_backends`` when the job names them (a job launched on host H runs its process on H, so
+  it may only get H's devices). Only IDLE devices of candidate backends, not held by a reserved
+  SDA, are handed out.
+* Strict priority without backfill: once a job waits for devices (too few are idle, or it waits
+  behind another job), every later job of the same backend group whose candidate backends overlap
+  its candidates waits behind it, even a small one that would fit (the manual's "a 48-node customer
+  at the head keeps the 0.5-node customers out"; admins fix that with priorities). Jobs on other
+  backends or in other groups are unaffected.
+* Jobs that never hold anything up: one that can never fit (it needs more devices than its candidate
+  backends have usable, or it has no candidate backend at all), one whose SDA already runs as many
+  jobs as it may (one process per SDA unless the token is duplicable), and a reserved-SDA job (it
+  only ever uses its own reserved devices).
 * A job is packed onto as few backends as possible (see :func:`place`).
 
-How many SDAs a token may own (``Max SDA``) is checked when SDAs are created, not here.
+How many SDAs a token may own (``Max SDA``) is checked when SDAs are created, with
+:func:`scheduler_core.access.sda_quota_left`, not here.
 """
 
 from __future__ import annotations
@@ -63,6 +70,10 @@ class QueuedJob:
     ``sda_limit`` is how many jobs of this SDA may be submitted or running at once: 1 means one process
     per SDA (the default), 0 means unlimited (a duplicable token), n means at most n. A job of a reserved
     SDA names the devices the SDA holds in ``reserved_devices`` and runs on exactly those.
+
+    ``allowed_backends`` names the backends whose devices the job may get (the backend of the host its
+    process runs on); None means any backend of its backend group, and an empty set means none (the
+    job's host is not a registered backend), so the job waits with that reason.
     """
 
     id: int
@@ -74,6 +85,7 @@ class QueuedJob:
     backend_group_id: int
     sda_limit: int = 1
     reserved_devices: tuple[DeviceKey, ...] = ()
+    allowed_backends: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +224,7 @@ def schedule(
     waiting: dict[int, str] = {}
     started: dict[int, int] = {}  # SDA id -> jobs started in this pass
     taken_reserved: set[DeviceKey] = set()
-    blocked: dict[int, QueuedJob] = {}  # backend group id -> the job holding it up
+    holds: dict[int, _Holds] = {}  # backend group id -> the jobs waiting for its devices
 
     for job in queue_order(queue):
         if job.device_count < 1:
@@ -225,31 +237,37 @@ def schedule(
 
         if job.reserved_devices:
             devices = tuple(sorted(set(job.reserved_devices)))
-            if len(devices) != job.device_count:
-                waiting[job.id] = f"asks for {job.device_count} device(s) but SDA {job.sda_id} reserves {len(devices)}"
-                continue
-            idle = sum(1 for d in devices if status.get(d) == IDLE and d not in taken_reserved)
-            if idle < len(devices):
-                waiting[job.id] = f"waiting for the {len(devices)} reserved device(s) of SDA {job.sda_id}: {idle} idle"
+            reason = _reserved_reason(job, devices, status, taken_reserved)
+            if reason is not None:
+                waiting[job.id] = reason
                 continue
             taken_reserved.update(devices)
         else:
             group = job.backend_group_id
             pool = pools.get(group)
-            usable = pool.usable if pool is not None else 0
-            if pool is None or job.device_count > usable:
-                waiting[job.id] = f"needs {job.device_count} device(s) but backend group {group} has {usable} usable"
+            if pool is None:
+                pool = pools[group] = _Pool({}, {})
+            candidates = pool.candidates(job.allowed_backends)
+            if candidates is not None and not candidates:
+                waiting[job.id] = _no_candidate_reason(job)
                 continue
-            head = blocked.get(group)
+            usable = pool.usable if candidates is None else pool.usable_on(candidates)
+            if job.device_count > usable:
+                where = "" if candidates is None else f"backend(s) {_ids(candidates)} of "
+                waiting[job.id] = f"needs {job.device_count} device(s) but {where}backend group {group} has {usable} usable"
+                continue
+            group_holds = holds.setdefault(group, _Holds())
+            head = group_holds.head(candidates)
             if head is not None:
                 waiting[job.id] = f"behind job {head.id} (priority {head.priority}) in backend group {group}"
+                group_holds.add(job, candidates)
                 continue
-            placed = pool.take(job.device_count)
+            placed = _take(pool, job.device_count, candidates)
             if placed is None:
-                blocked[group] = job
-                waiting[job.id] = (
-                    f"waiting for {job.device_count} device(s) in backend group {group}: {pool.total} idle"
-                )
+                group_holds.add(job, candidates)
+                idle = pool.total if candidates is None else pool.idle_on(candidates)
+                where = f"backend group {group}" if candidates is None else f"backend(s) {_ids(candidates)}"
+                waiting[job.id] = f"waiting for {job.device_count} device(s) on {where}: {idle} idle"
                 continue
             devices = placed
 
@@ -257,6 +275,87 @@ def schedule(
         started[job.sda_id] = started.get(job.sda_id, 0) + 1
 
     return Decision(tuple(allocations), MappingProxyType(waiting))
+
+
+def _take(pool: _Pool, count: int, candidates: frozenset[int] | None) -> tuple[DeviceKey, ...] | None:
+    """Allocate ``count`` devices from ``pool``, only on ``candidates`` when given (None: anywhere)."""
+    if candidates is None:
+        return pool.take(count)
+    placed = place(pool.free_on(candidates), count, pool.sizes)
+    if placed is not None:
+        pool.remove(placed)
+    return placed
+
+
+def _order_key(job: QueuedJob) -> tuple[int, float, int]:
+    return (-job.priority, job.request_time, job.id)
+
+
+class _Holds:
+    """The jobs of one backend group that wait for devices, and which backends each holds up."""
+
+    __slots__ = ("by_backend", "everything", "first")
+
+    def __init__(self) -> None:
+        self.first: QueuedJob | None = None  # every job waiting here overlaps an unrestricted job
+        self.everything: QueuedJob | None = None  # the first waiting job that may use any backend
+        self.by_backend: dict[int, QueuedJob] = {}
+
+    def head(self, candidates: frozenset[int] | None) -> QueuedJob | None:
+        """Return the earliest waiting job whose candidate backends overlap ``candidates`` (None: all)."""
+        if candidates is None:
+            return self.first
+        found = [] if self.everything is None else [self.everything]
+        if len(candidates) <= len(self.by_backend):
+            found.extend(self.by_backend[b] for b in candidates if b in self.by_backend)
+        else:
+            found.extend(job for b, job in self.by_backend.items() if b in candidates)
+        return min(found, key=_order_key, default=None)
+
+    def add(self, job: QueuedJob, candidates: frozenset[int] | None) -> None:
+        """Record that ``job`` waits for devices of ``candidates`` (None: any backend of the group)."""
+        if self.first is None:
+            self.first = job
+        if candidates is None:
+            if self.everything is None:
+                self.everything = job
+            return
+        for backend in candidates:
+            self.by_backend.setdefault(backend, job)
+
+
+def _ids(backends: Iterable[int], shown: int = 5) -> str:
+    ordered = sorted(backends)
+    text = ",".join(map(str, ordered[:shown]))
+    return text if len(ordered) <= shown else f"{text} and {len(ordered) - shown} more"
+
+
+def _no_candidate_reason(job: QueuedJob) -> str:
+    """Say why a job has no backend it may run on."""
+    if not job.allowed_backends:
+        return (
+            f"its host is not a registered backend, so no device of backend group {job.backend_group_id} can run it"
+        )
+    return (
+        f"may only use backend(s) {_ids(job.allowed_backends)}, none of them an ACTIVE backend of "
+        f"backend group {job.backend_group_id}"
+    )
+
+
+def _reserved_reason(
+    job: QueuedJob, devices: tuple[DeviceKey, ...], status: Mapping[DeviceKey, str], taken: Collection[DeviceKey]
+) -> str | None:
+    """Say why a reserved-SDA job cannot start on its reserved ``devices`` now; None when it can."""
+    if len(devices) != job.device_count:
+        return f"asks for {job.device_count} device(s) but SDA {job.sda_id} reserves {len(devices)}"
+    if job.allowed_backends is not None:
+        elsewhere = {b for b, _ in devices if b not in job.allowed_backends}
+        if elsewhere:
+            return f"SDA {job.sda_id} reserves devices on backend(s) {_ids(elsewhere)}, which its host cannot use"
+    idle = sum(1 for d in devices if status.get(d) == IDLE and d not in taken)
+    if idle < len(devices):
+        return f"waiting for the {len(devices)} reserved device(s) of SDA {job.sda_id}: {idle} idle"
+    return None
 
 
 def _limit_reason(job: QueuedJob, running: int) -> str:
@@ -282,7 +381,7 @@ def _group_devices(
         idle: set[int] = set()
         usable: set[int] = set()
         for device in backend.devices:
-            if device.status == SHUTDOWN or (backend.id, device.index) in held:
+            if (backend.id, device.index) in held:
                 continue
             usable.add(device.index)
             if device.status == IDLE:
@@ -298,14 +397,16 @@ class _Pool:
     Within one pass free counts only go down, so each bucket is a min-heap of backend ids whose stale
     entries (backends that have since lost devices) are dropped when they reach the top. A second heap
     per bucket holds the backends that are still fully free. Finding the best fit or the largest
-    backend costs at most one scan over the bucket sizes, never a scan over the backends.
+    backend costs at most one scan over the bucket sizes, never a scan over the backends. Jobs limited
+    to some backends use :func:`place` over :meth:`free_on` and hand the choice back to :meth:`remove`.
     """
 
-    __slots__ = ("_count", "_free", "_full", "_heaps", "_largest", "_members", "total", "usable")
+    __slots__ = ("_count", "_free", "_full", "_heaps", "_largest", "_members", "sizes", "total", "usable")
 
     def __init__(self, free: dict[int, list[int]], sizes: dict[int, int]) -> None:
         self._free = {b: v for b, v in free.items() if v}
         self._count = {b: len(v) for b, v in self._free.items()}
+        self.sizes = sizes  # every active backend of the group -> its usable device count
         self.total = sum(self._count.values())
         self.usable = sum(sizes.values())
         self._largest = max(self._count.values(), default=0)
@@ -334,15 +435,53 @@ class _Pool:
         """Give the ``n`` lowest free devices of ``backend`` to ``out``."""
         indexes = self._free[backend]
         out.extend((backend, i) for i in indexes[:n])
-        self._free[backend] = indexes[n:]
+        self._shrink(backend, indexes[n:])
+
+    def _shrink(self, backend: int, left: list[int]) -> None:
+        """Leave ``backend`` with only the free devices ``left`` (a subset of what it had)."""
         old = self._count[backend]
-        new = old - n
+        new = len(left)
+        self._free[backend] = left
         self._count[backend] = new
         self._members[old] -= 1
         if new:
             self._members[new] += 1
             heapq.heappush(self._heaps[new], backend)
-        self.total -= n
+        self.total -= old - new
+
+    def candidates(self, allowed: frozenset[int] | None) -> frozenset[int] | None:
+        """Return the active backends of the group among ``allowed``; None when that is all of them."""
+        if allowed is None:
+            return None
+        found = frozenset(b for b in allowed if b in self.sizes)
+        return None if len(found) == len(self.sizes) and found else found
+
+    def usable_on(self, backends: Iterable[int]) -> int:
+        """How many usable (not shut down, not reserved) devices ``backends`` have together."""
+        return sum(self.sizes.get(b, 0) for b in backends)
+
+    def idle_on(self, backends: Iterable[int]) -> int:
+        """How many devices of ``backends`` are still free in this pass."""
+        return sum(self._count.get(b, 0) for b in backends)
+
+    def free_on(self, backends: Iterable[int]) -> dict[int, list[int]]:
+        """Return the free device indexes of ``backends`` that have any, for :func:`place`."""
+        return {b: list(self._free[b]) for b in backends if self._count.get(b)}
+
+    def remove(self, devices: Iterable[DeviceKey]) -> None:
+        """Take devices chosen among :meth:`free_on` out of the pool.
+
+        Raises:
+            ValueError: a device is not free in the pool.
+        """
+        by_backend: dict[int, set[int]] = {}
+        for backend, index in devices:
+            by_backend.setdefault(backend, set()).add(index)
+        for backend, indexes in by_backend.items():
+            if not self._count.get(backend) or not indexes.issubset(self._free[backend]):
+                raise ValueError(f"devices {sorted(indexes)} of backend {backend} are not all free")
+        for backend, indexes in by_backend.items():
+            self._shrink(backend, [i for i in self._free[backend] if i not in indexes])
 
     def take(self, count: int) -> tuple[DeviceKey, ...] | None:
         """Allocate ``count`` devices with :func:`place`'s packing; None (and nothing taken) if too few are free."""

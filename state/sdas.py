@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scheduler_core.access import ModelChoice, may_use
+from scheduler_core.access import ModelChoice, may_use, sda_quota_left
+from scheduler_core.scheduling import BackendState, DeviceState, reserve
 from state.checks import check_name
 from state.errors import ConflictError, InvalidValueError, NotFoundError
 from state.records import SDA, DeviceRef, SDAModel
@@ -143,11 +144,12 @@ class SDARepository:
         if description:
             check_name(description, "SDA description")
         choice = self.choose_model(token, model_id, model_group_id)
-        held = self.s.one("SELECT count(*) FROM sdas WHERE token = ?", [token])
-        if held and held[0] >= owner.max_sda:
+        row = self.s.one("SELECT count(*) FROM sdas WHERE token = ?", [token])
+        held = int(row[0]) if row else 0
+        if sda_quota_left(held, owner.max_sda) < 1:
             raise ConflictError(
-                f"Token '{token}' already holds {held[0]} SDA(s), its max SDA; raise it with "
-                f"'update token sda max {token} {held[0] + 1}' or delete one."
+                f"Token '{token}' already holds {held} SDA(s), its max SDA; raise it with "
+                f"'update token sda max {token} {held + 1}' or delete one."
             )
         row = self.s.one("SELECT nextval('seq_sda')")
         assert row is not None
@@ -157,6 +159,8 @@ class SDARepository:
             "INSERT INTO sdas VALUES (?, ?, ?, ?, ?, ?, now())",
             [sda_id, token, model_id, group_id, description, reserved],
         )
+        if reserved:
+            self._reserve_devices(sda_id, model_id)
         if owner.current_sda is None:
             self.s.conn.execute("UPDATE tokens SET current_sda = ? WHERE value = ?", [sda_id, token])
         self.s.events.record(
@@ -165,6 +169,33 @@ class SDARepository:
             token,
         )
         return sda_id
+
+    def _reserve_devices(self, sda_id: int, model_id: int) -> None:
+        """Hold idle devices for a reserved SDA from now until it is deleted (packed like a job's)."""
+        count = self.s.models.get(model_id).devices
+        group_id = self.s.jobs.backend_group_of_sda(sda_id)
+        devices: dict[int, list[DeviceState]] = {}
+        for backend_id, idx, status in self.s.all("SELECT backend_id, idx, status FROM devices ORDER BY 1, 2"):
+            devices.setdefault(backend_id, []).append(DeviceState(backend_id, idx, status))
+        backends = [
+            BackendState(bid, host, gid, status == "ACTIVE", tuple(devices.get(bid, ())))
+            for bid, host, gid, status in self.s.all("SELECT id, host, group_id, status FROM backends ORDER BY id")
+        ]
+        held = {(int(b), int(i)) for b, i in self.s.all("SELECT backend_id, device_index FROM sda_reservations")}
+        chosen = reserve(backends, count, group_id, held)
+        if chosen is None:
+            idle = sum(
+                1
+                for b in backends
+                if b.active and b.group_id == group_id
+                for d in b.devices
+                if d.status == "IDLE" and (b.id, d.index) not in held
+            )
+            raise ConflictError(
+                f"Cannot reserve {count} device(s) for SDA model {model_id}: backend group {group_id} has only "
+                f"{idle} idle unreserved device(s); free some or pick a smaller model."
+            )
+        self.s.conn.executemany("INSERT INTO sda_reservations VALUES (?, ?, ?)", [[sda_id, b, i] for b, i in chosen])
 
     def _refuse_if_busy(self, sda_id: int, doing: str) -> None:
         busy = self.s.one("SELECT id, status FROM jobs WHERE sda_id = ? ORDER BY id LIMIT 1", [sda_id])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ class Result:
 
 
 Smc = Callable[..., Result]
+
+# The installed console scripts sit next to the interpreter running the tests (the venv's bin/).
+BIN = Path(sys.executable).parent
+SMCLIENT = str(BIN / "moreh_smclient")
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +120,46 @@ def new_token(smc: Smc) -> Callable[..., str]:
         return token_of(ok(smc(line)))
 
     return make
+
+
+def dump_state() -> dict[str, list[str]]:
+    """Every row of every state table (as sorted text), read in one transaction."""
+    from state.store import StateStore
+
+    with StateStore().reading() as s:
+        tables = [r[0] for r in s.all("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'")]
+        return {t: sorted(map(repr, s.all(f"SELECT * FROM {t}"))) for t in sorted(tables)}
+
+
+@pytest.fixture
+def rejects(smc: Smc) -> Callable[..., str]:
+    """Run a line that must fail: one ``Error:`` line naming every needle, exit ``code``, state unchanged."""
+
+    def check(line: str, code: int = 1, *needles: str) -> str:
+        before = dump_state()
+        message = fails(smc(line), code, *needles)
+        assert dump_state() == before, f"state changed by failing line {line!r}"
+        return message
+
+    return check
+
+
+def start_running_job(token: str, sda_id: int, host: str = "job-node") -> int:
+    """Give the token's SDA a RUNNING job with devices on ``host`` (registered with 8 devices if new)."""
+    from state.store import StateStore
+
+    with StateStore().transaction("test: start a running job") as s:
+        if s.backends.local_id(host) is None:
+            s.backends.create(host, "10.9.9.9", 8)
+        job = s.jobs.submit(
+            token, sda_id, host=host, launcher_pid=1, launcher_create_time=0.0, process_name="python train.py"
+        )
+        s.jobs.run_scheduling_pass()
+        s.jobs.mark_running(job.id, 1, 0.0)
+    return job.id
+
+
+def grid_lines(header: str, *rows: str) -> list[str]:
+    """The seed grid around a literal header line and row lines: ``+---+``, header, ``+===+``, rows, ``+---+``."""
+    inner = len(header) - 2
+    return ["+" + "-" * inner + "+", header, "+" + "=" * inner + "+", *rows, "+" + "-" * inner + "+"]

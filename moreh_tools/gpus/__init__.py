@@ -2,7 +2,8 @@
 
 ``get_provider()`` picks one from ``MOREH_FAKE_GPUS``:
 
-* ``N`` or ``N:MiB`` (e.g. ``8``, ``8:81920``): N simulated GPUs of MiB each (default 81920).
+* ``N`` or ``N:MiB`` (e.g. ``8``, ``8:81920``): N simulated GPUs of MiB each (default 81920),
+  whose ``description`` names the variable.
 * ``0``: NVML only; :class:`GpuUnavailableError` if NVML is not usable.
 * unset or empty: NVML, falling back to 8 simulated GPUs x 81920 MiB whose ``description`` says
   why NVML could not be used.
@@ -88,7 +89,7 @@ def get_provider(env: Mapping[str, str] | None = None) -> GpuProvider:
         if fake is not None:
             from moreh_tools.gpus.simulated import SimulatedGpuProvider
 
-            return SimulatedGpuProvider(*fake)
+            return SimulatedGpuProvider(*fake, reason=f"{FAKE_GPUS_VAR}={from_env.strip()} asks for them")
         try:
             return _open_nvml()
         except GpuUnavailableError as exc:

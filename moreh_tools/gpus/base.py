@@ -6,6 +6,8 @@ without a GPU by fabricating snapshots (STYLE lesson 4, nvitop's ``Device.as_sna
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -18,6 +20,22 @@ MAX_FAKE_GPU_COUNT = 64
 MAX_FAKE_GPU_MEMORY_MIB = 1048576
 
 MIB = 1024 * 1024
+
+JOB_ID_VAR = "MOREH_JOB_ID"
+HOME_VAR = "MOREH_HOME"
+
+
+def same_state_home(environ: Mapping[str, str], home: str) -> bool:
+    """Whether a process whose environment is ``environ`` works on the state at ``home``.
+
+    ``home`` is a ``MOREH_HOME`` value ("" when unset). Two spellings of one directory match.
+    """
+    other = environ.get(HOME_VAR, "")
+    if other == home:
+        return True
+    if not other or not home:
+        return False
+    return os.path.realpath(os.path.expanduser(other)) == os.path.realpath(os.path.expanduser(home))
 
 
 class GpuUnavailableError(Exception):

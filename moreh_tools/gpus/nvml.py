@@ -178,7 +178,7 @@ def device_snapshot(pynvml: ModuleType, index: int, handle: Any) -> GpuSnapshot:
     name = nvml_query(pynvml.nvmlDeviceGetName, handle, default="NVIDIA GPU")
     memory = nvml_query(pynvml.nvmlDeviceGetMemoryInfo, handle)
     rates = nvml_query(pynvml.nvmlDeviceGetUtilizationRates, handle)
-    temp = nvml_query(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
+    temp = nvml_query("nvmlDeviceGetTemperature", handle, getattr(pynvml, "NVML_TEMPERATURE_GPU", 0))
     return GpuSnapshot(
         index=index,
         uuid=_text(uuid),

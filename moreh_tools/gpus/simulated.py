@@ -1,13 +1,17 @@
 """Simulated GPUs that behave like NVML, for machines without an NVIDIA GPU.
 
-A process is "on" simulated device ``i`` when it is alive and its own environment has
-``MOREH_JOB_ID`` set and ``CUDA_VISIBLE_DEVICES`` listing ``i`` (or the device's UUID). Children
-inherit the environment, so each child counts as its own process, as NVML shows each CUDA process.
+A process is "on" simulated device ``i`` when it is alive, works on the same state
+(``MOREH_HOME``) as the provider, and its own environment has ``MOREH_JOB_ID`` set and
+``CUDA_VISIBLE_DEVICES`` listing ``i`` (or the device's UUID). Children inherit the environment,
+so each child counts as its own process, as NVML shows each CUDA process. The ``MOREH_HOME``
+rule keeps simulated hosts of different states (e.g. tests running side by side) apart: the
+simulated GPUs belong to the state their backend is registered in.
 
 Memory per process is deterministic: ``MOREH_FAKE_GPU_MEMORY_MIB`` in the process's environment
-declares it; otherwise it ramps from 0 to 30 % of the device over the first 20 s of the process's
-life, capped at ``total / number of processes on the device``. Utilisation and temperatures are
-derived from the pids, the memory in use and the time, so tests can pin them with ``now``.
+declares it; otherwise it starts at a CUDA-context-like 512 MiB and grows by 30 % of the
+device over the first 20 s of the process's life, capped at ``total / number of processes on
+the device``. Utilisation and temperatures are derived from the pids, the memory in use and the
+time, so tests can pin them with ``now``.
 """
 
 from __future__ import annotations
@@ -15,20 +19,20 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import psutil
 
-from moreh_tools.gpus.base import GpuProcess, GpuSnapshot
+from moreh_tools import identity
+from moreh_tools.gpus.base import HOME_VAR, JOB_ID_VAR, GpuProcess, GpuSnapshot, same_state_home
 
 SIMULATED_GPU_NAME = "Simulated GPU (moreh-tools)"
-JOB_ID_VAR = "MOREH_JOB_ID"
 VISIBLE_DEVICES_VAR = "CUDA_VISIBLE_DEVICES"
 MEMORY_VAR = "MOREH_FAKE_GPU_MEMORY_MIB"
 
+CONTEXT_MIB = 512
 RAMP_SECONDS = 20.0
 RAMP_FRACTION = 0.30
 
@@ -76,8 +80,14 @@ def scan_processes(uid: int | None = None) -> list[SimProcess]:
 
 
 def current_user_processes() -> list[SimProcess]:
-    """The default process source: the current user's job processes."""
-    return scan_processes(os.getuid() if hasattr(os, "getuid") else None)
+    """The default process source: every job process this user may inspect.
+
+    Root sees every user's processes, as NVML does; anyone else only their own (the environment
+    of other users' processes cannot be read anyway, so skipping them early saves time).
+    """
+    if not hasattr(os, "geteuid"):
+        return scan_processes(None)
+    return scan_processes(None if os.geteuid() == 0 else os.getuid())
 
 
 def simulated_uuid(hostname: str, index: int) -> str:
@@ -110,7 +120,9 @@ class SimulatedGpuProvider:
 
     ``now`` (a clock) and ``processes`` (a process source) are injectable so tests are
     deterministic; by default they are ``time.time`` and a scan of the current user's processes.
-    ``reason`` explains, in :attr:`description`, why real GPUs are not used.
+    ``reason`` explains, in :attr:`description`, why real GPUs are not used. ``home`` is the
+    ``MOREH_HOME`` whose job processes count (default: this process's); ``hostname`` seeds the
+    UUIDs (default: :func:`moreh_tools.identity.host_name`).
     """
 
     simulated = True
@@ -124,6 +136,7 @@ class SimulatedGpuProvider:
         now: Callable[[], float] = time.time,
         processes: ProcessSource = current_user_processes,
         hostname: str | None = None,
+        home: str | None = None,
     ) -> None:
         if count < 1 or memory_mib < 1:
             raise ValueError("a simulated provider needs at least one device and 1 MiB")
@@ -132,7 +145,8 @@ class SimulatedGpuProvider:
         self.reason = reason
         self._now = now
         self._processes = processes
-        host = hostname if hostname is not None else socket.gethostname()
+        self.home = os.environ.get(HOME_VAR, "") if home is None else home
+        host = hostname if hostname is not None else identity.host_name()
         self._uuids = [simulated_uuid(host, index) for index in range(count)]
         self._index_of_uuid = {uuid: index for index, uuid in enumerate(self._uuids)}
 
@@ -156,7 +170,7 @@ class SimulatedGpuProvider:
         now = self._now()
         on_device: list[list[SimProcess]] = [[] for _ in range(self.count)]
         for proc in self._processes():
-            if JOB_ID_VAR not in proc.environ:
+            if JOB_ID_VAR not in proc.environ or not same_state_home(proc.environ, self.home):
                 continue
             for index in visible_devices(proc.environ.get(VISIBLE_DEVICES_VAR, ""), self._index_of_uuid):
                 if index < self.count:
@@ -169,7 +183,7 @@ class SimulatedGpuProvider:
             return min(declared, self.memory_mib)
         age = min(max(now - proc.create_time, 0.0), RAMP_SECONDS)
         ramp = int(self.memory_mib * RAMP_FRACTION * age / RAMP_SECONDS)
-        return min(ramp, self.memory_mib // peers)
+        return min(CONTEXT_MIB + ramp, self.memory_mib // peers)
 
     def _device(self, index: int, procs: list[SimProcess], now: float) -> GpuSnapshot:
         procs = sorted({proc.pid: proc for proc in procs}.values(), key=lambda proc: proc.pid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from state.records import Job
 from state.store import StateStore
 
 DAEMON_PID_FILE = "sdamanager.pid"
+RECONCILE_INTERVAL_S = 10.0
 
 
 def release_grace() -> float:
@@ -73,6 +75,23 @@ def reconcile_and_schedule(store: StateStore, host: str, *, reason: str = "sched
         decision = s.jobs.run_scheduling_pass()
     wake_allocated(store.home, decision)
     return PassResult(decision, lost)
+
+
+def reconcile_if_due(store: StateStore, host: str, min_interval: float = RECONCILE_INTERVAL_S) -> PassResult | None:
+    """Reconcile and schedule unless someone did so in the last ``min_interval`` seconds.
+
+    Waiting launchers call this when their wait times out and no daemon runs; the shared time stamp
+    keeps a hundred of them from each taking the state lock for the same pass.
+    """
+    stamp = wakeup.wake_dir(store.home) / "last-reconcile"
+    try:
+        if time.time() - stamp.stat().st_mtime < min_interval:
+            return None
+    except OSError:
+        pass
+    stamp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stamp.touch()
+    return reconcile_and_schedule(store, host, reason="moreh-run: scheduling pass (no daemon)")
 
 
 def schedule_and_wake(store: StateStore, *, reason: str = "scheduling pass") -> Decision:

@@ -99,7 +99,7 @@ def _run_lines(lines: Iterable[str], json_output: bool) -> int:
         except ClearRequested:
             continue
         if code != EXIT_OK:
-            status = code
+            status = EXIT_FAILED  # the README promises 1 when any piped line failed, whatever the cause
     return status
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,14 @@ class Message:
 
 @dataclass
 class Table:
-    """A seed-style grid; ``records`` is the same content as a list of JSON objects."""
+    """A seed-style grid; ``records`` is the same content as a list of JSON objects.
+
+    ``records`` may be a function that builds them, so big tables printed as text skip that work.
+    """
 
     columns: Sequence[Column]
     rows: Sequence[Sequence[str]]
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]
 
     def as_text(self) -> str:
         """The grid."""
@@ -40,7 +43,7 @@ class Table:
 
     def as_json(self) -> Any:
         """The records."""
-        return self.records
+        return self.records() if callable(self.records) else self.records
 
 
 Output = Message | Table | None

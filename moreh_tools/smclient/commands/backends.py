@@ -57,7 +57,7 @@ def backend_table(backends: list[Backend]) -> Table:
         Column("Device"),
         Column("Device"),
     ]
-    return Table(columns, rows, [backend_record(b) for b in backends])
+    return Table(columns, rows, lambda: [backend_record(b) for b in backends])
 
 
 def backendgroup_table(groups: list[BackendGroup]) -> Table:

@@ -54,7 +54,7 @@ def token_table(tokens: list[Token]) -> Table:
     rows = [
         [t.value, t.description, _cur(t), str(t.max_sda), str(t.priority), t.access_level, t.env_text] for t in tokens
     ]
-    return Table(SHOW_COLUMNS, rows, [token_record(t) for t in tokens])
+    return Table(SHOW_COLUMNS, rows, lambda: [token_record(t) for t in tokens])
 
 
 @command("create token", "Create new Token", "create token {description} {priority : optional}")

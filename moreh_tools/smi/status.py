@@ -1,0 +1,356 @@
+"""What moreh-smi shows, read from the state as frozen dataclasses.
+
+:func:`collect_status` only reads one session, so the live dashboard can call it on every tick;
+:func:`refresh_samples` is the separate (and rarer) step that puts fresh GPU figures into the
+state when no daemon does it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from moreh_tools import __version__
+from moreh_tools.smi.common import DEVICE_NAME, check_token
+
+if TYPE_CHECKING:
+    from state.records import SDA, Job
+    from state.session import Session
+    from state.store import StateStore
+
+#: The name the simulated provider gives its GPUs (moreh_tools.gpus.simulated.SIMULATED_GPU_NAME);
+#: copied, not imported, because that module loads psutil and moreh-smi must start fast.
+SIMULATED_GPU_NAME = "Simulated GPU (moreh-tools)"
+
+#: Samples older than this (seconds) are refreshed by moreh-smi itself when no daemon runs.
+SAMPLE_MAX_AGE_S = 2.0
+
+_ACTIVE = ("SUBMITTED", "RUNNING")
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """One physical GPU behind a device, with its last sampled figures (None: never sampled)."""
+
+    backend_id: int
+    host: str
+    index: int
+    name: str
+    memory_total_mib: int | None
+    memory_used_mib: int | None
+    util_gpu: int | None
+    util_mem: int | None
+    temp_gpu: int | None
+    temp_mem: int | None
+
+    @property
+    def location(self) -> str:
+        """``host:index``, as ``moreh-smi -p`` prints it."""
+        return f"{self.host}:{self.index}"
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the figures come from the simulated provider, not from a real GPU."""
+        return self.name == SIMULATED_GPU_NAME
+
+    @property
+    def memory_percent(self) -> int | None:
+        """Memory in use as a whole percentage of the total."""
+        if self.memory_used_mib is None or not self.memory_total_mib:
+            return None
+        return round(100 * self.memory_used_mib / self.memory_total_mib)
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One process of a running job and the GPU memory it holds (None: not sampled yet)."""
+
+    device: int
+    job_id: int
+    pid: int | None
+    name: str
+    memory_mib: int | None
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    """A queued job of the token: where it stands in the queue and what it waits for."""
+
+    device: int
+    job_id: int
+    pid: int | None
+    process: str
+    position: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """One of the token's SDAs (a "device" to the user) and what it is doing."""
+
+    id: int
+    current: bool
+    name: str
+    model: str
+    model_group: str | None
+    model_devices: int
+    reserved: bool
+    state: str  # idle | waiting | preparing | running
+    job_ids: tuple[int, ...]
+    gpus: tuple[GpuStatus, ...]
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a job holds the device's GPUs."""
+        return self.state in ("preparing", "running")
+
+    @property
+    def model_text(self) -> str:
+        """The model, with ``at <group>`` when it is reached through an SDA model group."""
+        return f"{self.model} at {self.model_group}" if self.model_group else self.model
+
+    @property
+    def memory_used_mib(self) -> int | None:
+        """GPU memory the device's job uses, summed over its GPUs (None while idle or unsampled)."""
+        values = [g.memory_used_mib for g in self.gpus if g.memory_used_mib is not None]
+        return sum(values) if self.in_use and values else None
+
+    @property
+    def memory_total_mib(self) -> int | None:
+        """GPUs x memory per GPU while a job holds them (None while idle)."""
+        values = [g.memory_total_mib for g in self.gpus if g.memory_total_mib is not None]
+        return sum(values) if self.in_use and values else None
+
+    @property
+    def utilization(self) -> int | None:
+        """Mean GPU utilisation of the device's GPUs while a job holds them."""
+        values = [g.util_gpu for g in self.gpus if g.util_gpu is not None]
+        return round(sum(values) / len(values)) if self.in_use and values else None
+
+    @property
+    def simulated(self) -> bool:
+        """Whether any GPU behind the device is simulated."""
+        return any(g.simulated for g in self.gpus)
+
+
+@dataclass(frozen=True)
+class SmiStatus:
+    """Everything ``moreh-smi`` prints about one token."""
+
+    token: str
+    current_version: str
+    latest_version: str
+    max_devices: int
+    current_device: int | None
+    devices: tuple[DeviceStatus, ...]
+    processes: tuple[ProcessStatus, ...]
+    waiting: tuple[WaitingJob, ...]
+
+    def device(self, device_id: int) -> DeviceStatus | None:
+        """The device with this id, if the token has it."""
+        return next((d for d in self.devices if d.id == device_id), None)
+
+    def only(self, device_id: int) -> SmiStatus:
+        """The same status narrowed to one device and its jobs."""
+        return SmiStatus(
+            self.token,
+            self.current_version,
+            self.latest_version,
+            self.max_devices,
+            self.current_device,
+            tuple(d for d in self.devices if d.id == device_id),
+            tuple(p for p in self.processes if p.device == device_id),
+            tuple(w for w in self.waiting if w.device == device_id),
+        )
+
+    @property
+    def simulated(self) -> bool:
+        """Whether figures shown for a device in use come from simulated GPUs."""
+        return any(d.simulated for d in self.devices if d.in_use)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, with the derived figures each table shows."""
+        out = asdict(self)
+        for device, raw in zip(self.devices, out["devices"], strict=True):
+            raw["memory_used_mib"] = device.memory_used_mib
+            raw["memory_total_mib"] = device.memory_total_mib
+            raw["utilization"] = device.utilization
+            raw["simulated"] = device.simulated
+            for gpu, raw_gpu in zip(device.gpus, raw["gpus"], strict=True):
+                raw_gpu["location"] = gpu.location
+                raw_gpu["simulated"] = gpu.simulated
+        return out
+
+
+def read_status(store: StateStore, token: str) -> SmiStatus:
+    """Open one read session and collect the token's status."""
+    with store.reading() as s:
+        return collect_status(s, token)
+
+
+def collect_status(s: Session, token: str) -> SmiStatus:
+    """Gather the token's devices, jobs and GPU figures from one session (reads only)."""
+    check_token(s, token)
+    owner = s.tokens.get(token)
+    sdas = s.sdas.of_token(token)
+    jobs = s.jobs.of_token(token)
+    models = {m.id: m for m in s.models.all()}
+    group_names = {g.id: g.name for g in s.model_groups.all()} if any(x.model_group_id for x in sdas) else {}
+    gpus = _gpus(s, sdas)
+    devices = tuple(
+        _device(sda, owner.current_sda, models, group_names, [j for j in jobs if j.sda_id == sda.id], gpus)
+        for sda in sdas
+    )
+    active = [j for j in jobs if j.status in _ACTIVE]
+    queued = [j for j in jobs if j.status == "QUEUED"]
+    return SmiStatus(
+        token=token,
+        current_version=__version__,
+        latest_version=s.versions.latest() or "",
+        max_devices=owner.max_sda,
+        current_device=owner.current_sda,
+        devices=devices,
+        processes=tuple(_processes(s, active)),
+        waiting=tuple(_waiting(s, queued)),
+    )
+
+
+def _device(
+    sda: SDA,
+    current: int | None,
+    models: dict[int, Any],
+    group_names: dict[int, str],
+    jobs: list[Job],
+    gpus: dict[tuple[int, int], GpuStatus],
+) -> DeviceStatus:
+    statuses = {j.status for j in jobs}
+    if "RUNNING" in statuses:
+        state = "running"
+    elif "SUBMITTED" in statuses:
+        state = "preparing"
+    elif "QUEUED" in statuses:
+        state = "waiting"
+    else:
+        state = "idle"
+    model = models.get(sda.model_id)
+    return DeviceStatus(
+        id=sda.id,
+        current=sda.id == current,
+        name=DEVICE_NAME,
+        model=model.name if model is not None else "-",
+        model_group=group_names.get(sda.model_group_id) if sda.model_group_id is not None else None,
+        model_devices=model.devices if model is not None else 0,
+        reserved=sda.reserved,
+        state=state,
+        job_ids=tuple(j.id for j in jobs),
+        gpus=tuple(gpus[(d.backend_id, d.index)] for d in sda.devices if (d.backend_id, d.index) in gpus),
+    )
+
+
+def _gpus(s: Session, sdas: list[SDA]) -> dict[tuple[int, int], GpuStatus]:
+    wanted = {(d.backend_id, d.index) for sda in sdas for d in sda.devices}
+    if not wanted:
+        return {}
+    backends = sorted({b for b, _ in wanted})
+    rows = s.all(
+        "SELECT d.backend_id, b.host, d.idx, coalesce(d.name, ''), d.memory_total_mib, d.memory_used_mib, "
+        "d.util_gpu, d.util_mem, d.temp_gpu, d.temp_mem FROM devices d JOIN backends b ON b.id = d.backend_id "
+        f"WHERE d.backend_id IN ({', '.join('?' for _ in backends)}) ORDER BY 1, 3",
+        list(backends),
+    )
+    return {(r[0], r[2]): GpuStatus(*r) for r in rows if (r[0], r[2]) in wanted}
+
+
+def _processes(s: Session, active: list[Job]) -> list[ProcessStatus]:
+    if not active:
+        return []
+    by_id = {j.id: j for j in active}
+    rows = s.all(
+        f"SELECT job_id, pid, any_value(name), sum(memory_mib) FROM job_processes "
+        f"WHERE job_id IN ({', '.join('?' for _ in by_id)}) GROUP BY job_id, pid ORDER BY job_id, pid",
+        list(by_id),
+    )
+    sampled: dict[int, list[ProcessStatus]] = {}
+    for job_id, pid, name, memory in rows:
+        job = by_id[int(job_id)]
+        # The job's own process is shown with its command line, as the real tool does.
+        shown = job.process_name if pid == job.pid and job.process_name else str(name)
+        sampled.setdefault(job.id, []).append(ProcessStatus(job.sda_id, job.id, int(pid), shown, int(memory)))
+    out: list[ProcessStatus] = []
+    for job in sorted(active, key=lambda j: (j.sda_id, j.id)):
+        out.extend(sampled.get(job.id) or [ProcessStatus(job.sda_id, job.id, job.pid, job.process_name, None)])
+    return out
+
+
+def _waiting(s: Session, queued: list[Job]) -> list[WaitingJob]:
+    if not queued:
+        return []
+    reasons = _waiting_reasons(s)
+    return [
+        WaitingJob(
+            device=job.sda_id,
+            job_id=job.id,
+            pid=job.launcher_pid,
+            process=job.process_name,
+            position=s.jobs.queue_position(job.id),
+            reason=reasons.get(job.id, "devices are free; it starts at the next scheduling pass"),
+        )
+        for job in sorted(queued, key=lambda j: (j.sda_id, j.id))
+    ]
+
+
+def _waiting_reasons(s: Session) -> dict[int, str]:
+    """Why each queued job waits, by asking the scheduler the question without applying its answer."""
+    from scheduler_core.scheduling import schedule
+
+    try:
+        backends, queue, active, reserved = s.jobs.scheduling_inputs()
+        return dict(schedule(backends, queue, active, reserved).waiting)
+    except Exception:
+        # The reason is a courtesy; a scheduler fault must not hide the user's status.
+        if os.environ.get("MOREH_DEBUG"):
+            raise
+        return {}
+
+
+def refresh_samples(store: StateStore, token: str, host: str | None = None) -> bool:
+    """Sample this host's GPUs into the state when the token runs a job here and the figures are stale.
+
+    Skipped when a daemon runs (it samples) and when the token has nothing running on this host,
+    which keeps the plain ``moreh-smi`` free of NVML and psutil. Returns whether it sampled.
+    """
+    from moreh_tools import identity
+
+    host = host or identity.host_name()
+    with store.reading() as s:
+        row = s.one(
+            "SELECT count(*), count(d.sampled_at), "
+            "coalesce(max(epoch(now()::TIMESTAMP) - epoch(d.sampled_at)), 0) "
+            "FROM jobs j JOIN job_devices jd ON jd.job_id = j.id "
+            "JOIN devices d ON d.backend_id = jd.backend_id AND d.idx = jd.device_index "
+            "WHERE j.token = ? AND j.host = ? AND j.status IN ('SUBMITTED', 'RUNNING')",
+            [token, host],
+        )
+    if row is None or not row[0]:
+        return False
+    if row[1] == row[0] and float(row[2]) <= SAMPLE_MAX_AGE_S:
+        return False
+    from moreh_tools.jobs.control import daemon_running
+
+    if daemon_running(store.home):
+        return False
+    from moreh_tools.gpus import GpuUnavailableError, get_provider
+    from moreh_tools.gpus.local import sample_into_state
+
+    try:
+        provider = get_provider()
+    except GpuUnavailableError as exc:
+        print(f"moreh-smi: GPU figures not refreshed: {exc}", file=sys.stderr)
+        return False
+    try:
+        sample_into_state(store, provider, host=host)
+    finally:
+        provider.close()
+    return True
