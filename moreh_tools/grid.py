@@ -59,12 +59,13 @@ def render_grid(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> str
     inner = len(header) - 2
     lines = ["+" + "-" * inner + "+", header, "+" + "=" * inner + "+"]
     aligns = [c.align for c in columns]
-    if ascii_only:
+    fast = ascii_only and "center" not in aligns  # str.format's "^" would put the odd space on the right
+    if fast:
         row_format = "|" + "|".join(
             f"  {{:{'>' if a == 'right' else '<'}{w}}}  " for w, a in zip(widths, aligns, strict=True)
         ) + "|"
         lines.extend(row_format.format(*row) for row in rows)
-    for row in rows if not ascii_only else ():
+    for row in rows if not fast else ():
         lines.append(
             "|" + "|".join("  " + _pad(cell, w, a) + "  " for cell, w, a in zip(row, widths, aligns, strict=True)) + "|"
         )

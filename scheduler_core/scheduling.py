@@ -254,7 +254,9 @@ def schedule(
             usable = pool.usable if candidates is None else pool.usable_on(candidates)
             if job.device_count > usable:
                 where = "" if candidates is None else f"backend(s) {_ids(candidates)} of "
-                waiting[job.id] = f"needs {job.device_count} device(s) but {where}backend group {group} has {usable} usable"
+                waiting[job.id] = (
+                    f"needs {job.device_count} device(s) but {where}backend group {group} has {usable} usable"
+                )
                 continue
             group_holds = holds.setdefault(group, _Holds())
             head = group_holds.head(candidates)
@@ -333,9 +335,7 @@ def _ids(backends: Iterable[int], shown: int = 5) -> str:
 def _no_candidate_reason(job: QueuedJob) -> str:
     """Say why a job has no backend it may run on."""
     if not job.allowed_backends:
-        return (
-            f"its host is not a registered backend, so no device of backend group {job.backend_group_id} can run it"
-        )
+        return f"its host is not a registered backend, so no device of backend group {job.backend_group_id} can run it"
     return (
         f"may only use backend(s) {_ids(job.allowed_backends)}, none of them an ACTIVE backend of "
         f"backend group {job.backend_group_id}"
@@ -381,7 +381,7 @@ def _group_devices(
         idle: set[int] = set()
         usable: set[int] = set()
         for device in backend.devices:
-            if (backend.id, device.index) in held:
+            if device.status == SHUTDOWN or (backend.id, device.index) in held:
                 continue
             usable.add(device.index)
             if device.status == IDLE:

@@ -22,6 +22,14 @@ class EventLog:
             [action, token, self.command, detail],
         )
 
+    def record_many(self, action: str, details: list[str], token: str = "") -> None:
+        """Append one event per detail, in order, with one statement."""
+        if details:
+            self.conn.execute(
+                "INSERT INTO events SELECT nextval('seq_event'), now(), ?, ?, ?, unnest(?)",
+                [action, token, self.command, details],
+            )
+
     def tail(self, count: int | None = None) -> list[Event]:
         """Return the newest ``count`` events (all when None), oldest first."""
         sql = "SELECT id, time, action, token, command, detail FROM events ORDER BY id DESC"

@@ -37,10 +37,15 @@ class _ListGroupRepository:
         return str(member)
 
     # shared --------------------------------------------------------------------------------
+    @property
+    def kind_title(self) -> str:
+        """The kind at the start of a sentence; str.capitalize() would turn "SDA" into "Sda"."""
+        return self.kind[:1].upper() + self.kind[1:]
+
     def _require(self, group_id: int) -> tuple[Any, ...]:
         row = self.s.one(f"SELECT * FROM {self.table} WHERE id = ?", [group_id])
         if row is None:
-            raise NotFoundError(f"{self.kind.capitalize()} {group_id} not found; list them with '{self.show_command}'.")
+            raise NotFoundError(f"{self.kind_title} {group_id} not found; list them with '{self.show_command}'.")
         return row
 
     def _check_unique_name(self, name: str, except_id: int | None = None) -> None:
@@ -98,7 +103,7 @@ class _ListGroupRepository:
         members = self.member_ids(group_id)
         if members and not force:
             raise ConflictError(
-                f"{self.kind.capitalize()} {group_id} still has {len(members)} member(s); empty it first or "
+                f"{self.kind_title} {group_id} still has {len(members)} member(s); empty it first or "
                 f"add 'true' to force the delete."
             )
         self._before_delete(group_id)

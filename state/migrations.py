@@ -187,6 +187,20 @@ def _table_names(conn: Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
+def is_latest(conn: Connection) -> bool:
+    """Whether the file is a moreh-tools state already at ``LATEST_VERSION``: one cheap query.
+
+    False means "not known to be": :func:`current_version` then sorts new, old and foreign files apart.
+    """
+    try:
+        row = conn.execute(
+            "SELECT (SELECT max(version) FROM schema_migrations), (SELECT count(*) FROM meta WHERE key = 'app')"
+        ).fetchone()
+    except Exception:  # a missing table: a new or foreign file
+        return False
+    return row is not None and row[0] == LATEST_VERSION and row[1] == 1
+
+
 def current_version(conn: Connection) -> int:
     """Return the applied schema version: 0 for an empty file; raise for a foreign database."""
     tables = _table_names(conn)

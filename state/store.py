@@ -139,6 +139,8 @@ class StateStore:
         return conn
 
     def _ensure_schema(self, conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        if migrations.is_latest(conn):  # the common case, without listing the catalog (a few ms per command)
+            return conn
         version = migrations.current_version(conn)
         if version == migrations.LATEST_VERSION:
             return conn

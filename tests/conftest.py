@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,14 @@ def dump_state() -> dict[str, list[str]]:
     with StateStore().reading() as s:
         tables = [r[0] for r in s.all("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'")]
         return {t: sorted(map(repr, s.all(f"SELECT * FROM {t}"))) for t in sorted(tables)}
+
+
+@contextmanager
+def state_unchanged() -> Iterator[None]:
+    """Assert that nothing inside the block changed the state (for runs of lines that must all fail)."""
+    before = dump_state()
+    yield
+    assert dump_state() == before, "state changed by lines that failed"
 
 
 @pytest.fixture

@@ -30,9 +30,7 @@ from scheduler_core.scheduling import (
 )
 from state.records import ModelGroup, SDAModel, UserGroup
 
-settings.register_profile(
-    "scheduler", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("scheduler", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "scheduler-long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -44,9 +42,17 @@ STATUSES = ("SHUTDOWN", "IDLE", "PREPARING", "PROCESSING", "CLEANING")
 # -- building inputs -----------------------------------------------------------------------------
 
 
-def backend(bid: int, size: int = 8, *, group: int = 0, active: bool = True, busy: Sequence[int] = (),
-            shutdown: Sequence[int] = ()) -> BackendState:
+def backend(
+    bid: int,
+    size: int = 8,
+    *,
+    group: int = 0,
+    active: bool = True,
+    busy: Sequence[int] = (),
+    shutdown: Sequence[int] = (),
+) -> BackendState:
     """A backend of ``size`` devices, IDLE except the ``busy`` (PROCESSING) and ``shutdown`` indexes."""
+
     def status(i: int) -> str:
         if i in shutdown:
             return "SHUTDOWN"
@@ -55,9 +61,18 @@ def backend(bid: int, size: int = 8, *, group: int = 0, active: bool = True, bus
     return BackendState(bid, f"node{bid}", group, active, tuple(DeviceState(bid, i, status(i)) for i in range(size)))
 
 
-def job(jid: int, count: int = 1, *, priority: int = 0, at: float | None = None, group: int = 0,
-        sda: int | None = None, limit: int = 1, reserved: Sequence[DeviceKey] = (),
-        allowed: set[int] | frozenset[int] | None = None) -> QueuedJob:
+def job(
+    jid: int,
+    count: int = 1,
+    *,
+    priority: int = 0,
+    at: float | None = None,
+    group: int = 0,
+    sda: int | None = None,
+    limit: int = 1,
+    reserved: Sequence[DeviceKey] = (),
+    allowed: set[int] | frozenset[int] | None = None,
+) -> QueuedJob:
     """A queued job; its SDA defaults to its own id so jobs do not share an SDA unless told to."""
     return QueuedJob(
         id=jid,
@@ -231,7 +246,9 @@ def test_a_reserved_job_must_ask_for_exactly_its_reservation() -> None:
 
 def test_two_duplicable_jobs_of_one_reserved_sda_cannot_share_its_devices() -> None:
     mine = on(1, 0, 1)
-    decision = schedule([backend(1, 4)], [job(1, 2, sda=3, limit=0, reserved=mine), job(2, 2, sda=3, limit=0, reserved=mine)])
+    decision = schedule(
+        [backend(1, 4)], [job(1, 2, sda=3, limit=0, reserved=mine), job(2, 2, sda=3, limit=0, reserved=mine)]
+    )
     assert given_to(decision) == {1: mine}
     assert decision.waiting[2] == "waiting for the 2 reserved device(s) of SDA 3: 0 idle"
 
@@ -251,7 +268,7 @@ def test_reserve_packs_idle_devices_of_the_group_and_skips_held_ones() -> None:
     assert reserve(backends, 8, 1) == on(3, *range(8))
     assert reserve(backends, 9, 1) is None
     assert reserve(backends, 1, 7) is None  # a group without backends
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1"):
         reserve(backends, 0, 0)
 
 
@@ -354,6 +371,18 @@ def test_strict_priority_holds_per_candidate_backends() -> None:
     assert decision.waiting[5] == "behind job 4 (priority 6) in backend group 0"
 
 
+def test_a_job_behind_several_waiting_jobs_names_the_earliest() -> None:
+    backends = [backend(1, 2, busy=[0]), backend(2, 2, busy=[0]), backend(3, 2)]
+    for first, second in ((1, 2), (2, 1)):
+        jobs = [
+            job(5, 2, at=2.0, allowed={first}),
+            job(9, 2, at=1.0, allowed={second}),
+            job(3, 1, at=3.0, allowed={1, 2}),
+        ]
+        for ordered in (jobs, jobs[::-1]):
+            assert schedule(backends, ordered).waiting[3] == "behind job 9 (priority 0) in backend group 0"
+
+
 def test_a_waiting_unrestricted_job_holds_up_every_backend_of_its_group() -> None:
     backends = [backend(1, 4, busy=[0]), backend(2, 4), backend(3, 4, group=1)]
     decision = schedule(backends, [job(1, 8, priority=9), job(2, 1, allowed={2}), job(3, 1, group=1, allowed={3})])
@@ -408,7 +437,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[BackendState], list[QueuedJob], dic
     backend_ids = draw(st.lists(st.integers(1, 40), min_size=1, max_size=6, unique=True))
     backends = []
     for bid in backend_ids:
-        statuses = draw(st.lists(st.sampled_from(STATUSES + ("IDLE", "IDLE")), max_size=8))
+        statuses = draw(st.lists(st.sampled_from((*STATUSES, "IDLE", "IDLE")), max_size=8))
         devices = tuple(DeviceState(bid, i, s) for i, s in enumerate(statuses))
         backends.append(BackendState(bid, f"n{bid}", draw(st.integers(0, 1)), draw(st.booleans()), devices))
     all_devices = [(b.id, d.index) for b in backends for d in b.devices]
@@ -419,15 +448,14 @@ def scenarios(draw: st.DrawFn) -> tuple[list[BackendState], list[QueuedJob], dic
     for sda in (100, 101):
         take = draw(st.integers(0, max(0, len(reserved_pool) - cut)))
         if take:
-            reservations[sda] = tuple(sorted(reserved_pool[cut:cut + take]))
+            reservations[sda] = tuple(sorted(reserved_pool[cut : cut + take]))
         cut += take
-    allowed_strategy = st.one_of(
-        st.none(), st.none(), st.frozensets(st.sampled_from(backend_ids + [99]), max_size=3)
-    )
+    allowed_strategy = st.one_of(st.none(), st.none(), st.frozensets(st.sampled_from([*backend_ids, 99]), max_size=3))
     queue = []
     for jid in draw(st.lists(st.integers(1, 500), max_size=14, unique=True)):
-        sda = draw(st.sampled_from([1, 2, 3, 4, 5, 6] + sorted(reservations)))
+        sda = draw(st.sampled_from([1, 2, 3, 4, 5, 6, *sorted(reservations)]))
         reserved = reservations.get(sda, ())
+        exact: bool = draw(st.booleans())  # a reserved job usually asks for its whole reservation
         queue.append(
             QueuedJob(
                 id=jid,
@@ -435,7 +463,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[BackendState], list[QueuedJob], dic
                 sda_id=sda,
                 priority=draw(st.integers(-2, 2)),
                 request_time=float(draw(st.integers(0, 5))),
-                device_count=len(reserved) if reserved and draw(st.booleans()) else draw(st.integers(0, 12)),
+                device_count=len(reserved) if reserved and exact else draw(st.integers(0, 12)),
                 backend_group_id=draw(st.integers(0, 2)),
                 sda_limit=draw(st.integers(0, 2)),
                 reserved_devices=reserved,
@@ -445,6 +473,30 @@ def scenarios(draw: st.DrawFn) -> tuple[list[BackendState], list[QueuedJob], dic
     active = draw(st.dictionaries(st.integers(1, 6), st.integers(0, 2), max_size=3))
     extra_reserved = set(draw(st.lists(st.sampled_from(reserved_pool), max_size=2))) if reserved_pool else set()
     return backends, queue, active, set(sum(reservations.values(), ())) | extra_reserved
+
+
+@st.composite
+def contention(draw: st.DrawFn) -> tuple[list[BackendState], list[QueuedJob], dict[int, int], set[DeviceKey]]:
+    """A few half-busy backends of one group and jobs limited to one backend or none: where strict priority bites."""
+    count = draw(st.integers(2, 3))
+    backends = [
+        BackendState(
+            bid,
+            f"n{bid}",
+            0,
+            True,
+            tuple(DeviceState(bid, i, draw(st.sampled_from(("IDLE", "PROCESSING")))) for i in range(4)),
+        )
+        for bid in range(1, count + 1)
+    ]
+    allowed = st.one_of(
+        st.none(), st.integers(1, count).map(lambda b: frozenset({b})), st.frozensets(st.integers(1, count), min_size=1)
+    )
+    queue = [
+        job(jid, draw(st.integers(1, 4)), priority=draw(st.integers(0, 1)), limit=0, allowed=draw(allowed))
+        for jid in range(1, draw(st.integers(2, 8)) + 1)
+    ]
+    return backends, queue, {}, set()
 
 
 def _held(queue: Sequence[QueuedJob], reserved: set[DeviceKey]) -> set[DeviceKey]:
@@ -458,12 +510,17 @@ def _candidates(job: QueuedJob, backends: Sequence[BackendState]) -> set[int]:
 
 def _usable(candidates: set[int], backends: Sequence[BackendState], held: set[DeviceKey]) -> int:
     return sum(
-        1 for b in backends if b.id in candidates for d in b.devices
+        1
+        for b in backends
+        if b.id in candidates
+        for d in b.devices
         if d.status != "SHUTDOWN" and (b.id, d.index) not in held
     )
 
 
-def _limited(job: QueuedJob, ordered: Sequence[QueuedJob], given: Mapping[int, object], active: Mapping[int, int]) -> bool:
+def _limited(
+    job: QueuedJob, ordered: Sequence[QueuedJob], given: Mapping[int, object], active: Mapping[int, int]
+) -> bool:
     """Whether ``job`` waits because its SDA already runs as many jobs as it may at its turn."""
     if job.sda_limit == 0:
         return False
@@ -473,7 +530,7 @@ def _limited(job: QueuedJob, ordered: Sequence[QueuedJob], given: Mapping[int, o
 
 
 @PROFILE
-@given(scenarios())
+@given(st.one_of(scenarios(), contention()))
 def test_property_every_device_goes_to_at_most_one_job_and_only_if_eligible(
     scenario: tuple[list[BackendState], list[QueuedJob], dict[int, int], set[DeviceKey]],
 ) -> None:
@@ -491,7 +548,8 @@ def test_property_every_device_goes_to_at_most_one_job_and_only_if_eligible(
             assert device not in seen, f"device {device} given twice"
             seen.add(device)
             state, owner = status[device]
-            assert state == "IDLE" and owner.active
+            assert state == "IDLE"
+            assert owner.active
             if j.allowed_backends is not None:
                 assert device[0] in j.allowed_backends
             if j.reserved_devices:
@@ -514,7 +572,8 @@ def test_property_every_job_is_either_allocated_or_told_why_it_waits(
     assert set(given_ids).isdisjoint(decision.waiting)
     assert set(given_ids) | set(decision.waiting) == {j.id for j in queue}
     for reason in decision.waiting.values():
-        assert reason and "\n" not in reason
+        assert reason
+        assert "\n" not in reason
     order = [j.id for j in queue_order(queue)]
     assert given_ids == [i for i in order if i in set(given_ids)]
 
@@ -522,7 +581,8 @@ def test_property_every_job_is_either_allocated_or_told_why_it_waits(
 @PROFILE
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_property_the_decision_does_not_depend_on_input_order(
-    scenario: tuple[list[BackendState], list[QueuedJob], dict[int, int], set[DeviceKey]], rnd: random.Random,
+    scenario: tuple[list[BackendState], list[QueuedJob], dict[int, int], set[DeviceKey]],
+    rnd: random.Random,
 ) -> None:
     backends, queue, active, reserved = scenario
     first = schedule(backends, queue, active, reserved)
@@ -535,13 +595,15 @@ def test_property_the_decision_does_not_depend_on_input_order(
         for j in rnd.sample(queue, len(queue))
     ]
     shuffled_active = dict(rnd.sample(sorted(active.items()), len(active)))
-    second = schedule(shuffled_backends, shuffled_queue, shuffled_active, list(rnd.sample(sorted(reserved), len(reserved))))
+    second = schedule(
+        shuffled_backends, shuffled_queue, shuffled_active, list(rnd.sample(sorted(reserved), len(reserved)))
+    )
     assert second.allocations == first.allocations
     assert dict(second.waiting) == dict(first.waiting)
 
 
 @PROFILE
-@given(scenarios())
+@given(st.one_of(scenarios(), contention()))
 def test_property_no_job_overtakes_an_earlier_waiting_job_that_would_fit_on_shared_backends(
     scenario: tuple[list[BackendState], list[QueuedJob], dict[int, int], set[DeviceKey]],
 ) -> None:
@@ -579,8 +641,10 @@ def test_property_the_head_of_the_queue_starts_when_enough_of_its_devices_are_id
     decision = schedule(backends, ordinary, active, reserved)
     idle = _usable(
         _candidates(head, backends),
-        [BackendState(b.id, b.host, b.group_id, b.active, tuple(d for d in b.devices if d.status == "IDLE"))
-         for b in backends],
+        [
+            BackendState(b.id, b.host, b.group_id, b.active, tuple(d for d in b.devices if d.status == "IDLE"))
+            for b in backends
+        ],
         reserved,
     )
     startable = head.device_count >= 1 and not (head.sda_limit and active.get(head.sda_id, 0) >= head.sda_limit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,8 +117,16 @@ def release_jobs(store: StateStore, jobs: list[Job], host: str) -> list[int]:
         if job.status == "QUEUED":
             wakeup.wake(store.home, job.id)
     local = [j for j in jobs if j.status != "QUEUED" and j.host == host]
-    for job in local:
-        processes.end_job_processes(job.id, job.pid, job.pid_create_time, str(store.home), release_grace())
+    # In parallel, so 'release all' takes one grace period, not one per job.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(local), 32))) as pool:
+        list(
+            pool.map(
+                lambda job: processes.end_job_processes(
+                    job.id, job.pid, job.pid_create_time, str(store.home), release_grace()
+                ),
+                local,
+            )
+        )
     # The launcher normally records the end itself; finish what no live launcher will.
     if local:
         for job in local:

@@ -252,25 +252,27 @@ class Launch:
 
     def _submit(self) -> _Queued:
         """Queue the job and run a scheduling pass in one transaction (registering this host first if needed)."""
-        for _ in range(2):
+        for attempt in range(2):
             with self.store.transaction(self.what) as s:
+                token_env, sda_id = self._check(s)
                 if s.backends.local_id(self.host) is not None:
-                    queued = self._queue(s)
+                    queued = self._queue(s, sda_id, token_env)
                     decision = s.jobs.run_scheduling_pass()
                     queued.allocated = any(a.job_id == queued.job.id for a in decision.allocations)
                     if queued.allocated:
                         queued.job = s.jobs.get(queued.job.id)
                     else:
                         self._explain(s, queued, decision.waiting.get(queued.job.id, ""))
-                    others = [a for a in decision.allocations if a.job_id != queued.job.id]
                     break
-            self._register_host()
-        else:  # pragma: no cover - registration always makes the backend exist
+            if attempt == 0:
+                self._register_host()
+        else:
             raise LaunchError(f"this host '{self.host}' could not be registered as a backend")
         from moreh_tools.jobs import wakeup
 
-        for allocation in others:
-            wakeup.wake(self.home, allocation.job_id)
+        for allocation in decision.allocations:
+            if allocation.job_id != queued.job.id:
+                wakeup.wake(self.home, allocation.job_id)
         return queued
 
     def _register_host(self) -> None:
@@ -287,8 +289,8 @@ class Launch:
         finally:
             provider.close()
 
-    def _queue(self, s: Session) -> _Queued:
-        """Check the token and SDA and queue the job; raise :class:`LaunchError` for what cannot run."""
+    def _check(self, s: Session) -> tuple[tuple[tuple[str, str], ...], int]:
+        """Check the token and choose its SDA; raise :class:`LaunchError` for what cannot run."""
         from state.errors import NotFoundError
 
         if not s.tokens.exists(self.token):
@@ -312,6 +314,10 @@ class Launch:
                 f"SDA {sda_id} belongs to another token; use one of your SDAs (see 'moreh-smi') with --sda or "
                 "MOREH_VISIBLE_DEVICE."
             )
+        return token.env, sda_id
+
+    def _queue(self, s: Session, sda_id: int, token_env: tuple[tuple[str, str], ...]) -> _Queued:
+        """Queue the job (the state refuses what could never run, e.g. a model the token may not use)."""
         job = s.jobs.submit(
             self.token,
             sda_id,
@@ -322,7 +328,7 @@ class Launch:
             priority=self.request.priority,
             client_version=__version__,
         )
-        return _Queued(job, False, token.env)
+        return _Queued(job, False, token_env)
 
     def _explain(self, s: Session, queued: _Queued, reason: str) -> None:
         """Find out why the job waits: its SDA busy with another process, or not enough free devices."""
@@ -359,6 +365,7 @@ class Launch:
         wake = wakeup.WakeUp(self.home, job.id)
         signals.interruptible = True
         try:
+            signals.check()  # a signal that came before the wait became interruptible
             # Read once after the FIFO exists: an allocation made before it existed woke nobody.
             while True:
                 with self.store.reading() as s:

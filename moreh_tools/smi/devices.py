@@ -128,19 +128,37 @@ def _busy_detail(job: Job) -> str:
     return f"job {job.id} ({job.status}) {verb} device {job.sda_id}"
 
 
-def add_device(s: Session, token: str, option_text: str) -> tuple[int, ModelOption]:
-    """Create a device of the chosen model for the token; return its id and the model."""
-    check_token(s, token)
-    owner = s.tokens.get(token)
-    held = len(s.sdas.of_token(token))
-    if held >= owner.max_sda:
+def room_left(s: Session, token: str) -> int:
+    """How many more devices the token may add (its max SDA, set by the admin, minus what it has)."""
+    return s.tokens.get(token).max_sda - len(s.sdas.of_token(token))
+
+
+def check_room(s: Session, token: str) -> None:
+    """Refuse when the token already has as many devices as it may."""
+    if room_left(s, token) <= 0:
+        owner = s.tokens.get(token)
         raise UserError(
-            f"You already have {held} device(s), the most this token may have ({owner.max_sda}); remove one "
-            "with 'moreh-smi device --rm' or ask your administrator to raise the limit."
+            f"You already have {len(s.sdas.of_token(token))} device(s), the most this token may have "
+            f"({owner.max_sda}); remove one with 'moreh-smi device --rm' or ask your administrator to raise "
+            "the limit."
         )
-    option = resolve_model(model_options(s, token), option_text)
-    sda_id = s.sdas.create(token, "", option.model_id, option.group_id)
-    return sda_id, option
+
+
+def _still_offered(s: Session, token: str, option: ModelOption) -> None:
+    if not any((o.model_id, o.group_id) == (option.model_id, option.group_id) for o in model_options(s, token)):
+        raise UserError(f"Model '{option.text}' is no longer offered to this token; list the models again.")
+
+
+def add_device(s: Session, token: str, model: ModelOption | str) -> int:
+    """Create a device of ``model`` (an option, or the text naming one) for the token; return its id."""
+    check_token(s, token)
+    check_room(s, token)
+    if isinstance(model, str):
+        option = resolve_model(model_options(s, token), model)
+    else:
+        option = model
+        _still_offered(s, token, option)
+    return s.sdas.create(token, "", option.model_id, option.group_id)
 
 
 def remove_device(s: Session, token: str, device_text: str) -> int:
@@ -192,7 +210,6 @@ def switch_model(s: Session, token: str, option: ModelOption) -> bool:
         raise UserError(
             f"Device {sda.id} is a reserved {DEVICE_NAME}; its model cannot be switched (ask your administrator)."
         )
-    if not any((o.model_id, o.group_id) == (option.model_id, option.group_id) for o in model_options(s, token)):
-        raise UserError(f"Model '{option.text}' is no longer offered to this token; run moreh-switch-model again.")
+    _still_offered(s, token, option)
     s.sdas.update_model(token, option.model_id, option.group_id, sda.id)
     return True

@@ -184,10 +184,37 @@ class SmiStatus:
         return out
 
 
-def read_status(store: StateStore, token: str) -> SmiStatus:
-    """Open one read session and collect the token's status."""
+def read_status(store: StateStore, token: str, *, refresh: bool = False) -> SmiStatus:
+    """Collect the token's status in one read session.
+
+    With ``refresh``, stale figures of the token's jobs on this host are first sampled again
+    (see :func:`refresh_samples`) and the status is read once more; the plain path stays one read.
+    """
+    from moreh_tools import identity
+
+    host = identity.host_name()
     with store.reading() as s:
-        return collect_status(s, token)
+        status = collect_status(s, token)
+        stale = refresh and samples_stale(s, token, host)
+    if stale and refresh_samples(store, host):
+        with store.reading() as s:
+            status = collect_status(s, token)
+    return status
+
+
+def samples_stale(s: Session, token: str, host: str) -> bool:
+    """Whether the token has a job holding GPUs on ``host`` whose figures are missing or old."""
+    row = s.one(
+        "SELECT count(*), count(d.sampled_at), "
+        "coalesce(max(epoch(now()::TIMESTAMP) - epoch(d.sampled_at)), 0) "
+        "FROM jobs j JOIN job_devices jd ON jd.job_id = j.id "
+        "JOIN devices d ON d.backend_id = jd.backend_id AND d.idx = jd.device_index "
+        "WHERE j.token = ? AND j.host = ? AND j.status IN ('SUBMITTED', 'RUNNING')",
+        [token, host],
+    )
+    if row is None or not row[0]:
+        return False
+    return bool(row[1] != row[0] or float(row[2]) > SAMPLE_MAX_AGE_S)
 
 
 def collect_status(s: Session, token: str) -> SmiStatus:
@@ -315,28 +342,12 @@ def _waiting_reasons(s: Session) -> dict[int, str]:
         return {}
 
 
-def refresh_samples(store: StateStore, token: str, host: str | None = None) -> bool:
-    """Sample this host's GPUs into the state when the token runs a job here and the figures are stale.
+def refresh_samples(store: StateStore, host: str) -> bool:
+    """Sample this host's GPUs and job processes into the state, unless a daemon does it.
 
-    Skipped when a daemon runs (it samples) and when the token has nothing running on this host,
-    which keeps the plain ``moreh-smi`` free of NVML and psutil. Returns whether it sampled.
+    Only called when figures are stale, which keeps the plain ``moreh-smi`` free of NVML and
+    psutil. Returns whether it sampled.
     """
-    from moreh_tools import identity
-
-    host = host or identity.host_name()
-    with store.reading() as s:
-        row = s.one(
-            "SELECT count(*), count(d.sampled_at), "
-            "coalesce(max(epoch(now()::TIMESTAMP) - epoch(d.sampled_at)), 0) "
-            "FROM jobs j JOIN job_devices jd ON jd.job_id = j.id "
-            "JOIN devices d ON d.backend_id = jd.backend_id AND d.idx = jd.device_index "
-            "WHERE j.token = ? AND j.host = ? AND j.status IN ('SUBMITTED', 'RUNNING')",
-            [token, host],
-        )
-    if row is None or not row[0]:
-        return False
-    if row[1] == row[0] and float(row[2]) <= SAMPLE_MAX_AGE_S:
-        return False
     from moreh_tools.jobs.control import daemon_running
 
     if daemon_running(store.home):

@@ -205,7 +205,7 @@ def _job_pairs(s: Session, job: Job) -> list[tuple[str, str]]:
 def _job_detail(s: Session, jobs: Sequence[Job]) -> Table:
     grids = [_job_pairs(s, j) for j in jobs]
     records = [{**job_record(j), "token_name": _token_name(s, j.token)} for j in jobs]
-    rows = [list(p) for p in grids[0]] if len(grids) == 1 else []
+    rows = [list(p) for pairs in grids for p in pairs]
     return StackedTables([Column("Name"), Column("Value")], rows, records, grids)
 
 

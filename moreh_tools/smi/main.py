@@ -1,0 +1,230 @@
+"""Entry point of ``moreh-smi``.
+
+Only argparse is imported up front: ``--help`` and ``-v`` never load DuckDB, and the status views
+load NVML or psutil only when the token has a job on this host whose figures need refreshing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+from moreh_tools import __version__
+from moreh_tools.smi.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError, run_tool
+
+if TYPE_CHECKING:
+    from moreh_tools.smi.status import SmiStatus
+    from state.store import StateStore
+
+PROG = "moreh-smi"
+
+HELP = """\
+Usage: moreh-smi [-h | --help] [-r | --reset] [-s | --server-version] [-v | --version] [-t | --token] [-i | --idx device_id]
+                 [-p] [--json] [device {--list | --add [model_id] | --rm [device_id] | --switch [device_id]}]
+
+Basic Options:
+  -h, --help             provide information about available command switches and their options
+  -r, --reset            stop the running process (of every device, or of the one -i selects)
+  -s, --server-version   print Moreh Framework version information
+  -v, --version          print current software version information
+  -t, --token            print Moreh Solution token information
+  -i, --idx              select a device to print
+  -p                     print the detailed hardware status of the GPUs behind the current device (or -i)
+  --json                 print the status (default, -i, -t, -p, -s) as JSON
+
+Device Options:
+  device --list                 list available models for adding device
+  device --add [model_id]       add a device corresponding to model_id
+  device --rm  [device_id]      remove a device corresponding to device_id
+  device --switch [device_id]   switch to the device corresponding to [device_id]
+
+Device Options operate interactively if there are no optional arguments([model_id], [device_id]).
+model_id is a number from 'device --list' (or a model name); device_id is a number of the Device column.
+
+Device Example:
+  moreh-smi device --list
+  moreh-smi device --add
+  moreh-smi device --add 2
+  moreh-smi device --switch 1
+  moreh-smi -i 2
+
+The token comes from MOREH_SDA_TOKEN, else from the file MOREH_TOKEN_FILE names (default /etc/moreh/token)."""
+
+SEE_HELP = f"see '{PROG} --help'"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{PROG}: {message} ({SEE_HELP}).", EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("-r", "--reset", action="store_true")
+    parser.add_argument("-s", "--server-version", action="store_true")
+    parser.add_argument("-v", "--version", action="store_true")
+    parser.add_argument("-t", "--token", action="store_true")
+    parser.add_argument("-i", "--idx", metavar="device_id")
+    parser.add_argument("-p", dest="hardware", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--list", action="store_true")
+    # An option given without its value runs interactively, so "" (given, empty) differs from None (absent).
+    for name in ("--add", "--rm", "--switch"):
+        parser.add_argument(name, nargs="?", const="", default=None)
+    parser.add_argument("words", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run moreh-smi with ``argv`` (default: the command line) and return its exit status."""
+    args_list = sys.argv[1:] if argv is None else argv
+    return run_tool(PROG, lambda: _run(args_list))
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.help:
+        print(HELP)
+        return EXIT_OK
+    device_action = _device_action(args)
+    actions = [
+        name
+        for name, given in (
+            ("-r", args.reset),
+            ("-s", args.server_version),
+            ("-v", args.version),
+            ("-t", args.token),
+            ("-p", args.hardware),
+            ("device", device_action is not None),
+        )
+        if given
+    ]
+    if len(actions) > 1:
+        raise UserError(f"{PROG}: use one of {', '.join(actions)} at a time ({SEE_HELP}).", EXIT_USAGE)
+    if args.json and (device_action is not None or args.reset or args.version):
+        raise UserError(f"{PROG}: --json goes with the status views: no option, -i, -t, -p or -s.", EXIT_USAGE)
+    if args.idx is not None and (device_action is not None or args.server_version or args.version):
+        raise UserError(f"{PROG}: -i selects a device for the status, -t, -p or -r ({SEE_HELP}).", EXIT_USAGE)
+    if args.version:
+        print(f"{PROG} {__version__} (moreh-tools)")
+        return EXIT_OK
+
+    from moreh_tools.smi.common import find_token
+    from state.store import StateStore
+
+    store = StateStore()
+    if args.server_version:
+        return _server_version(store, args.json)
+    token = find_token()
+    if device_action is not None:
+        from moreh_tools.smi import device_cli
+
+        return device_cli.run(store, token, device_action[0], device_action[1], " ".join([PROG, *argv]))
+    if args.reset:
+        return _reset(store, token, args.idx)
+    return _show(store, token, args)
+
+
+def _device_action(args: argparse.Namespace) -> tuple[str, str | None] | None:
+    """(action, value) of the device options; ``device`` itself is optional (``moreh-smi --rm 1``)."""
+    if [w for w in args.words if w != "device"] or len(args.words) > 1:
+        extra = next((w for w in args.words if w != "device"), args.words[-1])
+        raise UserError(f"{PROG}: unknown argument '{extra}' ({SEE_HELP}).", EXIT_USAGE)
+    given = [
+        (name, value)
+        for name, value in (
+            ("list", "" if args.list else None),
+            ("add", args.add),
+            ("rm", args.rm),
+            ("switch", args.switch),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise UserError(f"{PROG}: give one device option at a time ({SEE_HELP}).", EXIT_USAGE)
+    if not given:
+        if args.words:
+            raise UserError(
+                f"{PROG}: say what to do: device --list | --add [model_id] | --rm [device_id] | --switch [device_id].",
+                EXIT_USAGE,
+            )
+        return None
+    name, value = given[0]
+    return name, (value or None)
+
+
+def _selected(status: SmiStatus, idx: str | None) -> SmiStatus:
+    if idx is None:
+        return status
+    if not (idx.isascii() and idx.isdigit()):
+        raise UserError(f"{PROG}: -i takes a device id (a number of the Device column), not '{idx}'.", EXIT_USAGE)
+    if status.device(int(idx)) is None:
+        ids = ", ".join(str(d.id) for d in status.devices) or "none"
+        raise UserError(f"Device {idx} is not one of your devices; your devices are: {ids}.")
+    return status.only(int(idx))
+
+
+def _show(store: StateStore, token: str, args: argparse.Namespace) -> int:
+    from moreh_tools.smi import render
+    from moreh_tools.smi.status import read_status
+
+    status = _selected(read_status(store, token, refresh=not args.token), args.idx)
+    if args.hardware:
+        device_id = int(args.idx) if args.idx is not None else status.current_device
+        device = status.device(device_id) if device_id is not None else None
+        if device is None:
+            raise UserError("This token has no current device; add one with 'moreh-smi device --add'.")
+        if args.json:
+            return _print_json({"device": device.id, "gpus": status.only(device.id).to_dict()["devices"][0]["gpus"]})
+        print(render.gpu_table(device))
+        return EXIT_OK
+    if args.json:
+        data = status.to_dict()
+        if args.token:
+            data = {"token": token, "devices": [{"device": d.id, "current": d.current, "model": d.model}
+                                                for d in status.devices]}
+        return _print_json(data)
+    print(render.token_table(status) if args.token else render.status_text(status))
+    return EXIT_OK
+
+
+def _print_json(data: object) -> int:
+    import json
+
+    print(json.dumps(data, indent=2, default=str))
+    return EXIT_OK
+
+
+def _server_version(store: StateStore, as_json: bool) -> int:
+    from moreh_tools.grid import name_value_grid
+
+    with store.reading() as s:
+        versions = s.versions.all()
+    latest = next((v.version for v in versions if v.latest), "")
+    supported = ", ".join(v.version for v in versions if v.supported)
+    pairs = [("Server", f"moreh-tools {__version__}"), ("Latest Version", latest), ("Supported Versions", supported)]
+    if as_json:
+        return _print_json(dict(pairs))
+    print(name_value_grid(pairs))
+    return EXIT_OK
+
+
+def _reset(store: StateStore, token: str, idx: str | None) -> int:
+    from moreh_tools import identity
+    from moreh_tools.smi.common import check_token
+    from moreh_tools.smi.devices import owned_device
+
+    with store.reading() as s:
+        check_token(s, token)
+        device = owned_device(s, token, idx).id if idx is not None else None
+        jobs = [j for j in s.jobs.of_token(token) if device is None or j.sda_id == device]
+    if not jobs:
+        print("Device release failed. (Not running job.)", file=sys.stderr)
+        return EXIT_FAILED
+    from moreh_tools.jobs.control import release_jobs
+
+    release_jobs(store, jobs, identity.host_name())
+    print("Device release success.")
+    return EXIT_OK
