@@ -113,7 +113,11 @@ def queue_order(jobs: Iterable[QueuedJob]) -> list[QueuedJob]:
     Returns:
         The jobs sorted by priority (highest first), then request time (earliest first), then id.
     """
-    return sorted(jobs, key=lambda j: (-j.priority, j.request_time, j.id))
+    return sorted(jobs, key=_order_key)
+
+
+def _order_key(job: QueuedJob) -> tuple[int, float, int]:
+    return (-job.priority, job.request_time, job.id)
 
 
 def place(
@@ -253,10 +257,8 @@ def schedule(
                 continue
             usable = pool.usable if candidates is None else pool.usable_on(candidates)
             if job.device_count > usable:
-                where = "" if candidates is None else f"backend(s) {_ids(candidates)} of "
-                waiting[job.id] = (
-                    f"needs {job.device_count} device(s) but {where}backend group {group} has {usable} usable"
-                )
+                where = f"backend group {group} has" if candidates is None else f"backend(s) {_ids(candidates)} have"
+                waiting[job.id] = f"needs {job.device_count} device(s) but {where} {usable} usable"
                 continue
             group_holds = holds.setdefault(group, _Holds())
             head = group_holds.head(candidates)
@@ -287,10 +289,6 @@ def _take(pool: _Pool, count: int, candidates: frozenset[int] | None) -> tuple[D
     if placed is not None:
         pool.remove(placed)
     return placed
-
-
-def _order_key(job: QueuedJob) -> tuple[int, float, int]:
-    return (-job.priority, job.request_time, job.id)
 
 
 class _Holds:

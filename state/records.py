@@ -37,6 +37,8 @@ class Token:
     @property
     def env_text(self) -> str:
         """The token's environment values as ``NAME=value, NAME=value``."""
+        if not self.env:  # most tokens; 'show token' asks 10,000 of them
+            return ""
         return ", ".join(f"{name}={value}" for name, value in self.env)
 
 

@@ -78,9 +78,10 @@ def user(smc: Smc) -> Callable[..., str]:
 
 def moreh_run(*args: str, token: str | None = None, env: dict[str, str] | None = None, timeout: float = 30) -> Any:
     """Run moreh-run to completion."""
-    full = dict(os.environ, **(env or {}))
+    full = dict(os.environ)
     if token is not None:
         full["MOREH_SDA_TOKEN"] = token
+    full.update(env or {})
     return subprocess.run([MOREH_RUN, *args], env=full, capture_output=True, text=True, timeout=timeout)
 
 
@@ -125,7 +126,9 @@ def wait_for_stderr(proc: subprocess.Popen[bytes], needle: str, timeout: float =
 def start_blocker(token: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """Start a job that holds its devices until the returned file exists; return once it runs."""
     stop, mark = tmp_path / f"stop-{token[:6]}", tmp_path / f"running-{token[:6]}"
-    script = f"import os, time\nopen({str(mark)!r}, 'w').close()\nwhile not os.path.exists({str(stop)!r}): time.sleep(0.02)"
+    script = (
+        f"import os, time\nopen({str(mark)!r}, 'w').close()\nwhile not os.path.exists({str(stop)!r}): time.sleep(0.02)"
+    )
     proc = start(PY, "-c", script, token=token)
     wait_until(mark.exists, what="the blocking job to start")
     return proc, stop
@@ -167,14 +170,13 @@ def sda_of(token: str) -> int:
 
 
 @pytest.fixture
-def registered() -> Iterator[None]:
+def registered() -> None:
     """This host registered as a backend already (so a refused job leaves the state exactly as it was)."""
     from moreh_tools.gpus import get_provider
     from moreh_tools.gpus.local import ensure_local_backend
     from state.store import StateStore
 
     ensure_local_backend(StateStore(), get_provider())
-    yield
 
 
 # -- running a job ------------------------------------------------------------------------------
@@ -371,7 +373,8 @@ def test_bad_input_is_one_line_and_queues_nothing(
     result = moreh_run(*args, token=token, env=env)
     assert result.returncode == code, result.stderr
     assert result.stdout == ""
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("moreh-run: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("moreh-run: ")
     assert needle in result.stderr
     assert dump_state() == before
 
@@ -392,5 +395,6 @@ def test_refusals_about_the_sda_queue_nothing(smc: Smc, user: Callable[..., str]
     ]
     for result, needle in cases:
         assert result.returncode == 1, result.stderr
-        assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert needle in result.stderr
     assert dump_state() == before

@@ -349,7 +349,7 @@ def test_a_job_whose_backend_is_shut_down_or_in_another_group_waits() -> None:
 def test_a_job_too_big_for_its_allowed_backends_never_fits_and_blocks_no_one() -> None:
     backends = [backend(1, 8), backend(2, 8)]
     decision = schedule(backends, [job(1, 12, priority=9, allowed={1}), job(2, 8, allowed={1}), job(3, 12)])
-    assert decision.waiting[1] == "needs 12 device(s) but backend(s) 1 of backend group 0 has 8 usable"
+    assert decision.waiting[1] == "needs 12 device(s) but backend(s) 1 have 8 usable"
     assert given_to(decision) == {2: on(1, *range(8))}
     assert decision.waiting[3] == "waiting for 12 device(s) on backend group 0: 8 idle"
 

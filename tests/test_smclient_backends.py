@@ -291,9 +291,9 @@ def test_version_lifecycle(smc: Smc) -> None:
     ok(smc("add worker env 23.9.2 MOREH_LOG info"), "Add Worker Env success.")
     ok(smc("add worker env 23.9.2 OMP_NUM_THREADS 4"))
     assert ok(smc("show version 23.9.2")).lines == grid_lines(
-        "|  Version  |  Supported  |  Latest  |    Installed Path    |     Query Command     |  Worker Command  "
-        "|  Health Check Command  |             Worker ENV             |",
-        "|  23.9.2   |  True       |  True    |  /srv/moreh/23.9.2   |  moreh-query --json   |  moreh-worker    "
+        "|  Version  |  Supported  |  Latest  |   Installed Path    |     Query Command    |  Worker Command  "
+        "|  Health Check Command  |             Worker ENV              |",
+        "|  23.9.2   |  True       |  True    |  /srv/moreh/23.9.2  |  moreh-query --json  |  moreh-worker    "
         "|  nvidia-smi -L         |  MOREH_LOG=info, OMP_NUM_THREADS=4  |",
     )
     ok(smc("remove worker env 23.9.2 MOREH_LOG"), "Remove Worker Env success.")

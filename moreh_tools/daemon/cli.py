@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog="State directory: $MOREH_HOME. Example: sdamanager --interval 2",
     )
     parser.add_argument(
-        "--interval", metavar="S", type=float, default=DEFAULT_INTERVAL_S,
+        "--interval",
+        metavar="S",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
         help=f"seconds between ticks (default {DEFAULT_INTERVAL_S:g})",
     )
     parser.add_argument("--once", action="store_true", help="run one tick and exit")

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from moreh_tools.smi.common import UserError, check_token
-from moreh_tools.smi.status import SIMULATED_GPU_NAME, SmiStatus, collect_status
+from moreh_tools.smi.status import SmiStatus
 
 if TYPE_CHECKING:
     from moreh_tools.smi.devices import ModelOption
-    from state.records import Event, HistoryEntry, Job
+    from state.records import Event, Job
     from state.session import Session
     from state.store import StateStore
 
@@ -233,216 +232,19 @@ class DataSource(Protocol):
 
     access: Access
 
-    def fetch(self, view: View) -> Snapshot:
-        """Read what ``view`` shows (blocking; called in a worker thread)."""
-        ...
+    def fetch(self, view: View, *, resample: bool = True) -> Snapshot:
+        """Read ``view``; parts of the state that did not change since the last fetch are not read again.
 
-    def release(self, job_id: int) -> str:
-        """Release a job; return the message to show."""
-        ...
-
-    def set_priority(self, job_id: int, priority: int) -> str:
-        """Change a queued job's priority; return the message to show."""
-        ...
-
-    def model_choices(self) -> ModelChoices:
-        """The models the current device may switch to."""
-        ...
-
-    def switch_model(self, option: ModelOption) -> str:
-        """Switch the current device's model; return the message to show."""
-        ...
-
-
-# -- reading the state ---------------------------------------------------------------------------------
-
-_FINGERPRINT_SQL = """
-SELECT now()::TIMESTAMP,
-    (SELECT coalesce(max(id), 0) FROM events),
-    (SELECT count(*) || ':' || coalesce(sum(hash(id, status, priority, pid)), 0) FROM jobs),
-    (SELECT count(*) || ':' || coalesce(sum(hash(job_id, pid, memory_mib)), 0) FROM job_processes),
-    (SELECT count(*) || ':' || coalesce(sum(hash(backend_id, idx, status)), 0) FROM devices),
-    (SELECT max(sampled_at) FROM devices)
-"""
-
-
-def _fingerprint(s: Session) -> tuple[datetime, tuple[Any, ...], Any]:
-    """(the state's clock, what changes with any state change, what changes with each GPU sample)."""
-    row = s.one(_FINGERPRINT_SQL)
-    assert row is not None
-    # Not every change writes an event (a job starting running, samples), hence the hashes.
-    return row[0], tuple(row[1:5]), row[5]
-
-
-def _owners(s: Session, tokens: Sequence[str]) -> dict[str, str]:
-    if not tokens:
-        return {}
-    rows = s.all(
-        f"SELECT value, description FROM tokens WHERE value IN ({', '.join('?' for _ in tokens)})", list(tokens)
-    )
-    return {str(v): str(d) for v, d in rows}
-
-
-def _placed_on(job: Job) -> str:
-    """``node1:0-3`` style: the GPUs a job holds, grouped by host."""
-    by_host: dict[str, list[int]] = {}
-    for ref in job.devices:
-        by_host.setdefault(ref.backend_host, []).append(ref.index)
-    return " ".join(f"{host}:{_ranges(sorted(indexes))}" for host, indexes in by_host.items())
-
-
-def _ranges(indexes: list[int]) -> str:
-    parts: list[str] = []
-    start = prev = indexes[0]
-    for index in [*indexes[1:], None]:
-        if index is not None and index == prev + 1:
-            prev = index
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if index is not None:
-            start = prev = index
-    return ",".join(parts)
-
-
-def _job_row(job: Job, owner: str, position: int | None, reason: str) -> JobRow:
-    return JobRow(
-        id=job.id,
-        token=job.token,
-        owner=owner,
-        sda_id=job.sda_id,
-        status=job.status,
-        priority=job.priority,
-        device_count=job.device_count,
-        host=job.host,
-        process=job.process_name,
-        position=position,
-        reason=reason,
-        request_time=job.request_time,
-        start_time=job.start_time,
-        placed_on=_placed_on(job),
-    )
-
-
-def _history_row(entry: HistoryEntry) -> HistoryRow:
-    return HistoryRow(
-        entry.id, entry.sda_id, entry.process_name, entry.exit_code, entry.end_reason, entry.start_time,
-        entry.end_time,
-    )
-
-
-def gather_user(s: Session, token: str, label: str) -> UserData:
-    """The user view of ``token``: devices (H7's status), jobs with queue places, recent history."""
-    status = collect_status(s, token)
-    waiting = {w.job_id: w for w in status.waiting}
-    jobs = []
-    for job in sorted(s.jobs.of_token(token), key=lambda j: (j.status == "QUEUED", j.sda_id, j.id)):
-        wait = waiting.get(job.id)
-        jobs.append(_job_row(job, label, wait.position if wait else None, wait.reason if wait else ""))
-    history = tuple(_history_row(e) for e in reversed(s.jobs.history(HISTORY_ROWS, token)))
-    return UserData(status, tuple(jobs), history)
-
-
-def gather_grid(s: Session) -> tuple[GridBackend, ...]:
-    """Every backend and its GPUs with their scheduling status and last samples."""
-    devices: dict[int, list[GridDevice]] = {}
-    for backend_id, index, status, name, used, total, util, job_id in s.all(
-        "SELECT d.backend_id, d.idx, d.status, d.name, d.memory_used_mib, d.memory_total_mib, d.util_gpu, jd.job_id "
-        "FROM devices d LEFT JOIN job_devices jd ON jd.backend_id = d.backend_id AND jd.device_index = d.idx "
-        "ORDER BY 1, 2"
-    ):
-        devices.setdefault(int(backend_id), []).append(
-            GridDevice(int(index), str(status), used, total, util, job_id, name == SIMULATED_GPU_NAME)
-        )
-    return tuple(
-        GridBackend(int(bid), str(host), str(status), str(group), tuple(devices.get(int(bid), ())))
-        for bid, host, status, group in s.all(
-            "SELECT b.id, b.host, b.status, coalesce(g.name, '') FROM backends b "
-            "LEFT JOIN backend_groups g ON g.id = b.group_id ORDER BY b.id"
-        )
-    )
-
-
-def gather_jobs(s: Session) -> tuple[tuple[JobRow, ...], tuple[JobRow, ...]]:
-    """(running jobs by id, queued jobs in scheduling order with their place and why they wait)."""
-    from scheduler_core.scheduling import queue_order, schedule
-
-    jobs = s.jobs.all()
-    owners = _owners(s, sorted({j.token for j in jobs}))
-    queued = {j.id: j for j in jobs if j.status == "QUEUED"}
-    order: list[int] = []
-    reasons: dict[int, str] = {}
-    if queued:
-        backends, queue, active, reserved = s.jobs.scheduling_inputs()
-        order = [q.id for q in queue_order(queue)]
-        try:
-            reasons = dict(schedule(backends, queue, active, reserved).waiting)
-        except Exception:
-            # The reason is a courtesy; a scheduler fault must not hide the queue.
-            if os.environ.get("MOREH_DEBUG"):
-                raise
-    running = tuple(_job_row(j, owners.get(j.token, ""), None, "") for j in jobs if j.status != "QUEUED")
-    queue_rows = tuple(
-        _job_row(queued[jid], owners.get(queued[jid].token, ""), place, reasons.get(jid, STARTS_NEXT_PASS))
-        for place, jid in enumerate(order, start=1)
-        if jid in queued
-    )
-    return running, queue_rows
-
-
-def gather_usage(s: Session, now: datetime, jobs: Sequence[JobRow]) -> tuple[UsageRow, ...]:
-    """Device-hours per token over the last :data:`USAGE_WINDOW`, with what each has queued and running now."""
-    running: dict[str, int] = {}
-    queued: dict[str, int] = {}
-    owners: dict[str, str] = {}
-    for job in jobs:
-        counts = queued if job.queued else running
-        counts[job.token] = counts.get(job.token, 0) + 1
-        owners[job.token] = job.owner
-    rows = [
-        UsageRow(u.token, u.description, u.device_seconds / 3600, u.jobs, running.pop(u.token, 0), queued.pop(u.token, 0))
-        for u in s.jobs.usage(now - USAGE_WINDOW, now)
-    ]
-    rows += [
-        UsageRow(token, owners.get(token, ""), 0.0, 0, running.get(token, 0), queued.get(token, 0))
-        for token in sorted(set(running) | set(queued))
-    ]
-    return tuple(rows)
-
-
-@dataclass
-class _Cache:
-    structure: tuple[Any, ...] | None = None
-    samples: Any = None
-    user: UserData | None = None
-    admin: AdminData | None = None
-    usage_read_at: float = 0.0
-    admin_parts: dict[str, Any] = field(default_factory=dict)
-
-
-class StateSource:
-    """The dashboard's data source over the real state."""
-
-    def __init__(self, store: StateStore, access: Access, host: str | None = None) -> None:
-        """Read ``store`` as ``access`` allows; ``host`` is this host (for releasing jobs that run here)."""
-        from moreh_tools import identity
-
-        self.store = store
-        self.access = access
-        self.host = host or identity.host_name()
-        self._cache: dict[View, _Cache] = {"user": _Cache(), "admin": _Cache()}
-        self._sampled_at = 0.0
-
-    # -- polling -------------------------------------------------------------------------------------
-
-    def fetch(self, view: View) -> Snapshot:
-        """Read ``view``; parts of the state that did not change since the last fetch are not read again."""
+        Without a daemon nobody samples this host's GPUs, so the user view does it (as ``moreh-smi``
+        does) when the figures of the token's jobs here are stale, then reads again.
+        """
         from moreh_tools.jobs.control import daemon_running
+        from moreh_tools.smi.status import SAMPLE_MAX_AGE_S, refresh_samples, samples_stale
 
         if view not in self.access.views:
             raise UserError(f"The {view} view is not available to {self.access.label}.")
         daemon = daemon_running(self.store.home)
-        if view == "user" and not daemon:
-            self._refresh_samples()
+        sample_due = resample and not daemon and time.monotonic() - self._sampled_at >= SAMPLE_MAX_AGE_S
         cache = self._cache[view]
         with self.store.reading() as s:
             now, structure, samples = _fingerprint(s)
@@ -450,16 +252,34 @@ class StateSource:
             samples_changed = structure_changed or samples != cache.samples
             if view == "user":
                 assert self.access.token is not None
-                if samples_changed or cache.user is None:
-                    cache.user = gather_user(s, self.access.token, self.access.label)
+                if sample_due and samples_stale(s, self.access.token, self.host):
+                    stale = True
+                else:
+                    stale = False
+                    if samples_changed or cache.user is None:
+                        cache.user = gather_user(s, self.access.token, self.access.label)
                 changed = samples_changed
             else:
+                stale = False
                 changed = self._fetch_admin(s, cache, now, structure_changed, samples_changed)
+        if stale:
+            self._sampled_at = time.monotonic()
+            try:
+                refresh_samples(self.store, self.host)
+            except Exception:
+                # Stale figures are better than a dead dashboard.
+                if os.environ.get("MOREH_DEBUG"):
+                    raise
+            return self.fetch(view, resample=False)
         cache.structure, cache.samples = structure, samples
-        return Snapshot(now, daemon, user=cache.user if view == "user" else None,
-                        admin=cache.admin if view == "admin" else None, changed=changed)
+        return Snapshot(
+            now, daemon, user=cache.user if view == "user" else None,
+            admin=cache.admin if view == "admin" else None, changed=changed,
+        )
 
-    def _fetch_admin(self, s: Session, cache: _Cache, now: datetime, structure_changed: bool, samples_changed: bool) -> bool:
+    def _fetch_admin(
+        self, s: Session, cache: _Cache, now: datetime, structure_changed: bool, samples_changed: bool
+    ) -> bool:
         parts = cache.admin_parts
         if samples_changed or "grid" not in parts:
             parts["grid"] = gather_grid(s)
@@ -475,20 +295,6 @@ class StateSource:
         changed = fresh != cache.admin
         cache.admin = fresh
         return changed
-
-    def _refresh_samples(self) -> None:
-        """Without a daemon nobody samples this host's GPUs; do it (at most every 2 s) as moreh-smi does."""
-        from moreh_tools.smi.status import SAMPLE_MAX_AGE_S, refresh_samples
-
-        if time.monotonic() - self._sampled_at < SAMPLE_MAX_AGE_S or self.access.token is None:
-            return
-        self._sampled_at = time.monotonic()
-        try:
-            refresh_samples(self.store, self.access.token, self.host)
-        except Exception:
-            # Stale figures are better than a dead dashboard; the header says when they are stale.
-            if os.environ.get("MOREH_DEBUG"):
-                raise
 
     def forget(self) -> None:
         """Read everything again at the next fetch (after an action of ours)."""
@@ -559,8 +365,3 @@ class StateSource:
         if self.access.token is None:
             raise UserError("Switching a model needs a token (MOREH_SDA_TOKEN); the admin view has none.")
         return self.access.token
-
-
-def with_clock(snapshot: Snapshot, taken_at: datetime) -> Snapshot:
-    """The same snapshot at another time (tests pin the clock with it)."""
-    return replace(snapshot, taken_at=taken_at)

@@ -1,0 +1,111 @@
+"""The admin view's backend × device grid: one cell per GPU, coloured by its scheduling state."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.geometry import Size
+from textual.widget import Widget
+
+from moreh_tools.dashboard import formatting as fmt
+from moreh_tools.dashboard.data import GridBackend, GridDevice
+
+CELL_WIDTH = 7  # " 93·41 ": utilisation · memory, in percent
+
+
+def legend() -> Text:
+    """The colour key and what a cell's numbers mean."""
+    text = Text()
+    for state, style in fmt.STATE_STYLES.items():
+        text.append(f" {state.lower()} ", style=style)
+        text.append(" ")
+    text.append("cell: util%·mem%", style="dim")
+    return text
+
+
+def summary(backends: Sequence[GridBackend]) -> str:
+    """``60 backends · 480 GPUs: 120 processing, 350 idle`` for the panel title."""
+    counts = Counter(d.status for b in backends for d in b.devices)
+    total = sum(counts.values())
+    parts = [f"{counts[s]} {s.lower()}" for s in fmt.STATE_STYLES if counts[s]]
+    sim = " (simulated)" if backends and all(b.simulated for b in backends) else ""
+    return f"{len(backends)} backends · {total} GPUs{sim}: " + (", ".join(parts) or "none")
+
+
+def cell(device: GridDevice) -> Text:
+    """One GPU: ``util·mem`` on its state's colour; the state's short name when it was never sampled."""
+    style = fmt.STATE_STYLES.get(device.status, "")
+    if device.util_gpu is None and device.memory_percent is None:
+        body = fmt.STATE_SHORT.get(device.status, device.status.lower())[:CELL_WIDTH].center(CELL_WIDTH)
+    else:
+        util = fmt.NONE if device.util_gpu is None else str(device.util_gpu)
+        memory = fmt.NONE if device.memory_percent is None else str(device.memory_percent)
+        body = f"{util:>3}·{memory:<3}".center(CELL_WIDTH)
+    return Text(body, style=style)
+
+
+class BackendGrid(Widget):
+    """Backends down, GPUs across; a backend with more GPUs than fit wraps onto more lines."""
+
+    DEFAULT_CSS = """
+    BackendGrid { height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        """Start empty; :meth:`show` gives it backends."""
+        super().__init__(id=id)
+        self.backends: tuple[GridBackend, ...] = ()
+
+    def show(self, backends: tuple[GridBackend, ...]) -> None:
+        """Draw these backends at the next refresh (no refresh when nothing changed)."""
+        if backends != self.backends:
+            self.backends = backends
+            self.refresh(layout=True)
+
+    def _label_width(self) -> int:
+        longest = max((len(f"{b.id} {b.host}") for b in self.backends), default=4)
+        return min(longest, 18) + 6  # room for " (sim)" or " off"
+
+    def _per_line(self, width: int) -> int:
+        return max((width - self._label_width()) // (CELL_WIDTH + 1), 1)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        """A legend line, then each backend's lines."""
+        per_line = self._per_line(width)
+        return 1 + sum(max(-(-len(b.devices) // per_line), 1) for b in self.backends)
+
+    def render(self) -> Text:
+        """The legend, then one or more lines per backend."""
+        width = self.size.width
+        label_width = self._label_width()
+        per_line = self._per_line(width)
+        lines = [legend()]
+        if not self.backends:
+            lines.append(Text("No backend is registered yet ('create backend' or a first moreh-run).", style="yellow"))
+        for backend in self.backends:
+            devices = backend.devices
+            chunks = [devices[i : i + per_line] for i in range(0, len(devices), per_line)] or [()]
+            for number, chunk in enumerate(chunks):
+                line = self._label(backend, label_width) if number == 0 else Text(" " * label_width)
+                for device in chunk:
+                    line.append_text(cell(device))
+                    line.append(" ")
+                if not devices:
+                    line.append("no GPU registered", style="dim")
+                line.truncate(width)
+                lines.append(line)
+        return Text("\n").join(lines)
+
+    @staticmethod
+    def _label(backend: GridBackend, width: int) -> Text:
+        name = f"{backend.id} {backend.host}"
+        tag = " off" if backend.status != "ACTIVE" else " (sim)" if backend.simulated else ""
+        room = width - len(tag) - 1
+        if len(name) > room:
+            name = name[: room - 1] + "…"
+        text = Text(name, style="bold" if backend.status == "ACTIVE" else "dim strike")
+        text.append(tag, style="red" if tag == " off" else "magenta")
+        text.pad_right(width - len(text))
+        return text

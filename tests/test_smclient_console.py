@@ -1,0 +1,351 @@
+"""The moreh_smclient console itself: --command, --json, piped stdin, the REPL, help, errors, event log."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import SMCLIENT, Smc, fails, ok, state_unchanged, token_of
+
+from moreh_tools import __version__
+from moreh_tools.smclient import registry
+from moreh_tools.smclient.output import Output
+
+NewToken = Callable[..., str]
+
+# The job-queue commands are tested with the scheduler (tests/test_smclient_jobs.py).
+JOB_PREFIXES = ("show job", "get job", "get history", "show history", "show usage", "release", "update job")
+ENTRY = re.compile(r"^(?P<name>[a-z_ ]+?) +: (?P<desc>\S.*)$")
+USAGE = re.compile(r"^      \(usages : (?P<usage>.+)\)$")
+
+
+def admin_commands() -> dict[str, registry.Command]:
+    """Every visible console command except the job-queue ones."""
+    return {
+        name: cmd
+        for name, cmd in registry.load_commands().items()
+        if not cmd.hidden and not name.startswith(JOB_PREFIXES)
+    }
+
+
+def run_console(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script."""
+    return subprocess.run([SMCLIENT, *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def test_version_option_through_the_console_script() -> None:
+    done = run_console("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"moreh_smclient (moreh-tools) {__version__}\n", "")
+
+
+def test_help_option_through_the_console_script_does_not_touch_the_state(moreh_home: Path) -> None:
+    done = run_console("--help")
+    assert done.returncode == 0
+    assert "--command LINE" in done.stdout
+    assert "--json" in done.stdout
+    assert not moreh_home.exists()
+
+
+def test_an_unknown_option_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from moreh_tools.smclient.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--frobnicate"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "unrecognized arguments: --frobnicate" in err
+
+
+# -- help and COMMAND ? ------------------------------------------------------------------------
+
+
+def test_help_lists_every_command_in_the_seed_format(smc: Smc) -> None:
+    listing = ok(smc("help")).out
+    assert ok(smc("h")).out == listing
+    names: list[str] = []
+    lines = listing.splitlines()
+    for n, line in enumerate(lines):
+        usage = USAGE.match(line)
+        if usage:
+            assert ENTRY.match(lines[n - 1]), f"usage line without its command: {line!r}"
+            continue
+        entry = ENTRY.match(line)
+        assert entry, f"not a help entry: {line!r}"
+        assert line.index(" : ") == 34 or line.index(":") == 34, line  # the seed's name column
+        names.append(entry["name"].strip())
+    assert names == sorted(names)
+    visible = {name for name, cmd in registry.load_commands().items() if not cmd.hidden}
+    assert set(names) == visible
+    assert "update token duplicable" in names  # from the 001 guide
+    assert "remove usergroup list" not in names  # an accepted spelling, not a listed command
+
+
+def test_question_mark_prints_the_commands_help_entry(smc: Smc) -> None:
+    lines = ok(smc("help")).lines
+    for name in sorted(registry.load_commands()):
+        if registry.REGISTRY[name].hidden:
+            continue
+        out = ok(smc(f"{name} ?")).lines
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"{name} ") and " : " in line[:36])
+        assert out == lines[start : start + len(out)], name
+        assert len(out) == (2 if registry.REGISTRY[name].usage else 1)
+    assert ok(smc("CREATE SDA ?")).out == ok(smc("create sda ?")).out
+
+
+def test_question_mark_after_a_wrong_command(smc: Smc) -> None:
+    with state_unchanged():
+        fails(smc("frobnicate ?"), 2, "Unknown command 'frobnicate'")
+        fails(smc("create sda x ?"), 2, "Unknown command 'create sda x'", "Did you mean 'create sda ?'")
+
+
+# -- bad lines ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "suggestion"),
+    [
+        ("show tokn", "show token"),
+        ("creat token me", "create token"),
+        ("delet sda x", "delete sda"),
+        ("show backendgrup", "show backendgroup"),
+        ("update usergroup nam 1 x", "update usergroup name"),
+        ("shwo relationship", "show relationship"),
+    ],
+)
+def test_unknown_commands_suggest_the_closest_one(smc: Smc, line: str, suggestion: str) -> None:
+    fails(smc(line), 2, "Unknown command", f"Did you mean '{suggestion}'?")
+
+
+def test_a_hopeless_command_gets_no_suggestion(smc: Smc) -> None:
+    message = fails(smc("frobnicate the widgets"), 2, "Unknown command 'frobnicate the widgets'", "'help'")
+    assert "Did you mean" not in message
+
+
+def test_every_command_with_a_wrong_argument_count_prints_its_usage(smc: Smc) -> None:
+    commands = admin_commands()
+    assert len(commands) > 80
+    with state_unchanged():
+        for name, cmd in commands.items():
+            low, high = cmd.arg_range
+            counts = [high + 1] + ([low - 1] if low > 0 else [])
+            for count in counts:
+                line = name + " x" * count
+                message = fails(smc(line), 2, f"'{name}' takes", f"got {count}")
+                assert message.endswith(cmd.usage_line()), (line, message)
+
+
+def test_unclosed_quotes_blank_lines_and_comments(smc: Smc) -> None:
+    fails(smc("create token 'unclosed"), 2, "close every quote")
+    assert ok(smc("")).out == ""
+    assert ok(smc("   # only a comment")).out == ""
+    token = token_of(ok(smc("create token commented  # the rest is ignored")))
+    assert ok(smc(f"get token {token}", json=True)).json[0]["description"] == "commented"
+
+
+@pytest.mark.parametrize("line", ["exit", "quit", "q", "clear"])
+def test_exit_and_clear_do_nothing_with_command(smc: Smc, line: str) -> None:
+    assert ok(smc(line)).out == ""
+
+
+def test_an_internal_error_is_one_line_and_exit_3(smc: Smc, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(ctx: registry.Context, args: list[str]) -> Output:
+        raise RuntimeError("boom")
+
+    original = registry.load_commands()["show token"]
+    monkeypatch.setitem(registry.REGISTRY, "show token", dataclasses.replace(original, handler=broken))
+    message = fails(smc("show token"), 3, "Internal error (RuntimeError: boom)", "report it")
+    assert message.count("\n") == 0
+    monkeypatch.setenv("MOREH_DEBUG", "1")  # developers get the traceback
+    with pytest.raises(RuntimeError, match="boom"):
+        smc("show token")
+
+
+# -- --json ------------------------------------------------------------------------------------
+
+
+def test_every_show_and_get_command_prints_json(smc: Smc, new_token: NewToken) -> None:
+    token = new_token("json-user", 3)
+    ok(smc(f"create sda {token} d 1"))
+    ok(smc(f"create usergroup ug1 {token}"))
+    ok(smc("create sdamodelgroup mg1 0 1"))
+    ok(smc("add membership 1 1"))
+    ok(smc("create backend n1 10.0.0.1 2"))
+    ok(smc("create version 1.0 /opt/1.0"))
+    args = {
+        "get token": token,
+        "get sda": token,
+        "get backend beid": "1",
+        "get backend group": "0",
+        "get backend name": "n1",
+    }
+    optional = {
+        "show sdamodel": token,
+        "show usergroup": "1",
+        "show sdamodelgroup": "1",
+        "show backendgroup": "0",
+        "show membership": "1",
+        "show relationship": "1",
+        "show version": "1.0",
+        "show eventlog": "5",
+    }
+    readers = [name for name in admin_commands() if name.startswith(("show ", "get "))]
+    assert len(readers) >= 20
+    for name in readers:
+        low, _ = registry.REGISTRY[name].arg_range
+        assert low == 0 or name in args, f"give {name!r} an argument in this test"
+        required = f" {args[name]}" if name in args else ""
+        for line in {name + required, f"{name}{required} {optional.get(name, '')}".strip()}:
+            result = ok(smc(line, json=True))
+            parsed = json.loads(result.out)
+            assert isinstance(parsed, list), line
+            if not name.endswith("running"):
+                assert parsed, f"{line} printed no records"
+    assert ok(smc("get token " + token, json=True)).json[0]["priority"] == 3
+    assert ok(smc("show sdamodel " + token, json=True)).json == [{"id": 1, "name": "Small.64GB", "devices": 1}]
+
+
+def test_json_messages_and_errors(smc: Smc) -> None:
+    created = ok(smc("create token j", json=True)).json
+    assert created["message"] == f"Create SDA Success (Token : {created['token']})"
+    assert ok(smc("create backend n1 10.0.0.1 1", json=True)).json == {
+        "message": "Create Backend Success (id : 1)",
+        "id": 1,
+    }
+    fails(smc("get token nosuch", json=True), 1, "Token 'nosuch' not found")  # stdout stays empty
+
+
+# -- piped stdin and the REPL (real processes) -------------------------------------------------
+
+
+def test_piped_lines_run_one_per_line_and_failures_do_not_stop_the_rest(smc: Smc, new_token: NewToken) -> None:
+    token = new_token("piped")
+    script = "\n".join(
+        [
+            "# set up a token",
+            f"update token priority {token} 7",
+            "",
+            "get token nosuch",
+            f"add token env {token} A 1",
+            "show tokn",
+            f"update token desc {token} 'after the failures'",
+            f"get token {token}",
+        ]
+    )
+    done = run_console(stdin=script + "\n")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "Error: Token 'nosuch' not found; list tokens with 'show token'.",
+        "Error: Unknown command 'show tokn'. Did you mean 'show token'? Type 'help' for the list.",
+    ]
+    out = done.stdout.splitlines()
+    assert out[:3] == ["Update Token Priority success.", "Add Token Env success.", "Update Token success."]
+    assert f"|  {token}  |  after the failures  |" in out[6]
+    record = ok(smc(f"get token {token}", json=True)).json[0]
+    assert (record["priority"], record["env"], record["description"]) == (7, {"A": "1"}, "after the failures")
+
+
+def test_piped_lines_stop_at_q_and_succeed_with_exit_0(smc: Smc) -> None:
+    done = run_console(stdin="create token first\nq\ncreate token never\n")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("Create SDA Success (Token : ")
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["first"]
+
+
+def test_piped_json(smc: Smc) -> None:
+    done = run_console("--json", stdin="show backendgroup\n")
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == [{"id": 0, "name": "default_backend_group", "backends": []}]
+
+
+def run_repl(keys: list[bytes], home: Path, timeout: float = 20) -> tuple[int, str]:
+    """Drive the interactive console through a pseudo-terminal; return its exit status and screen text."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "MOREH_HOME": str(home)}
+    proc = subprocess.Popen([SMCLIENT], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    pending = list(keys)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the console exited and closed the terminal
+                    break
+                if not data:
+                    break
+                screen += data
+                # Type the next line only once the console prompts for it.
+                if pending and screen.rstrip().endswith(b">"):
+                    os.write(master, pending.pop(0))
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=5), screen.decode(errors="replace").replace("\r\n", "\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_repl_banner_prompt_commands_errors_and_quit(smc: Smc, moreh_home: Path) -> None:
+    code, screen = run_repl([b"create token repl-user\n", b"bogus\n", b"show usergroup\n", b"q\n"], moreh_home)
+    assert code == 0
+    assert f"SDAManager's Client. Connect to {moreh_home / 'state.duckdb'}" in screen
+    assert "Type 'help' for the commands" in screen
+    assert re.search(r">create token repl-user\nCreate SDA Success \(Token : \S{24}\)\n", screen)
+    assert ">bogus\nError: Unknown command 'bogus'." in screen
+    assert ">show usergroup\n+---" in screen
+    assert "Traceback" not in screen
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["repl-user"]
+
+
+def test_repl_keeps_history_across_sessions(smc: Smc, moreh_home: Path) -> None:
+    code, _ = run_repl([b"create token from-history\n", b"\x04"], moreh_home)  # Ctrl-D ends the session
+    assert code == 0
+    history = moreh_home / "smclient_history"
+    assert "create token from-history" in history.read_text()
+    assert history.stat().st_mode & 0o077 == 0
+    code, _ = run_repl([b"\x10\n", b"q\n"], moreh_home)  # Ctrl-P recalls the previous line
+    assert code == 0
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["from-history", "from-history"]
+
+
+# -- event log ---------------------------------------------------------------------------------
+
+
+def test_show_eventlog_shows_the_last_100_events_or_the_count_asked(smc: Smc) -> None:
+    from state.store import StateStore
+
+    with StateStore().transaction("bulk create") as s:
+        tokens = [s.tokens.create(f"user{i}") for i in range(105)]
+    events = ok(smc("show eventlog", json=True)).json
+    assert [e["id"] for e in events] == list(range(6, 106))
+    assert [e["token"] for e in events] == tokens[5:]
+    assert {(e["action"], e["command"]) for e in events} == {("CREATE_TOKEN", "bulk create")}
+    lines = ok(smc("show eventlog 2")).lines
+    assert len(lines) == 6
+    assert lines[1].startswith("|  ID   |           Time           |     Action     |            Token           |")
+    assert re.match(
+        rf"^\|  105  \|  \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d\d  \|  CREATE_TOKEN  \|  {re.escape(tokens[-1])}  \|",
+        lines[4],
+    )
+    assert ok(smc("show eventlog 0", json=True)).json == []
+    with state_unchanged():
+        fails(smc("show eventlog many"), 1, "event count must be an integer, not 'many'")
+        fails(smc("show eventlog 1 2"), 2, "takes 0 to 1 argument(s), got 2")
