@@ -115,12 +115,12 @@ def make_scenario(size: Size, seed: int = 7) -> Scenario:
         idle = [(backend.id, d.index) for d in backend.devices if d.status == "IDLE"]
         if len(idle) < 2:
             continue
-        devices = tuple(idle[: rng.choice((1, 2))])
-        scenario.reserved.update(devices)
-        scenario.reservations[next_sda] = devices
-        scenario.sdas[next_sda] = (rng.choice(token_list), len(devices), backend.group_id, True)
+        kept = tuple(idle[: rng.choice((1, 2))])
+        scenario.reserved.update(kept)
+        scenario.reservations[next_sda] = kept
+        scenario.sdas[next_sda] = (rng.choice(token_list), len(kept), backend.group_id, True)
         if rng.random() < 0.5:
-            reserved_jobs.append((next_sda, devices))
+            reserved_jobs.append((next_sda, kept))
         next_sda += 1
 
     # Ordinary SDAs: fewer than jobs, so some jobs queue behind another job of their SDA.
@@ -154,9 +154,7 @@ def make_scenario(size: Size, seed: int = 7) -> Scenario:
             )
         )
         hosts = hosts_by_group.get(group) or [backends[0].host]
-        scenario.job_hosts[job_id] = (
-            f"gpu-node-{reserved_devices[0][0]:04d}" if reserved_devices else rng.choice(hosts)
-        )
+        scenario.job_hosts[job_id] = f"gpu-node-{reserved_devices[0][0]:04d}" if reserved_devices else rng.choice(hosts)
     rng.shuffle(scenario.queue)  # the scheduler must not rely on the order it is given
     return scenario
 
@@ -185,8 +183,9 @@ def build_state(home: Path, scenario: Scenario) -> None:
     with StateStore(home).transaction("benchmark: bulk cluster") as s:
         c = s.conn
         c.execute("INSERT INTO backend_groups SELECT unnest(?), 'rack' || unnest(?)", [groups, groups])
-        c.execute("INSERT INTO model_groups SELECT unnest(?), 'models-rack' || unnest(?), unnest(?)",
-                  [groups, groups, groups])
+        c.execute(
+            "INSERT INTO model_groups SELECT unnest(?), 'models-rack' || unnest(?), unnest(?)", [groups, groups, groups]
+        )
         c.execute(
             "INSERT INTO backends (id, host, ip, group_id, status, created_at) "
             "SELECT unnest(?), unnest(?), '10.0.0.1', unnest(?), unnest(?), now()",
@@ -289,7 +288,7 @@ def measure_state(size: Size, scenario: Scenario, root: Path) -> list[Figure]:
             median(passes) * 1000,
             "ms",
         ),
-        Figure(f"state: same pass as one whole transaction (lock, open, commit)", median(whole) * 1000, "ms"),
+        Figure("state: same pass as one whole transaction (lock, open, commit)", median(whole) * 1000, "ms"),
     ]
 
 

@@ -156,7 +156,9 @@ def measure_help(root: Path, sizes: Sizes) -> list[Figure]:
     traced = subprocess.run(
         [sys.executable, "-X", "importtime", script, "--help"], env=env, capture_output=True, text=True, check=True
     )
-    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")
+    }
     heavy = sorted(m for m in HEAVY_MODULES if m in imported)
     if heavy:
         progress(f"--help imports {', '.join(heavy)}")
@@ -183,8 +185,13 @@ def measure_show_backend(root: Path, sizes: Sizes) -> list[Figure]:
         raise RuntimeError("show backend did not list every backend")
     show_s = median(times)
     return [
-        Figure(f"show backend, {shape} devices (median of {sizes.backend_runs})", show_s * 1000, "ms", "< 1000",
-               show_s < 1.0),
+        Figure(
+            f"show backend, {shape} devices (median of {sizes.backend_runs})",
+            show_s * 1000,
+            "ms",
+            "< 1000",
+            show_s < 1.0,
+        ),
     ]
 
 
@@ -213,8 +220,10 @@ def measure_concurrent_creates(root: Path, sizes: Sizes) -> list[Figure]:
         if done.returncode != 0 or len(CREATED.findall(done.stdout)) != sizes.tokens_per_process:
             raise RuntimeError(f"a console failed (exit {done.returncode}): {done.stderr.strip()[:500]}")
     with StateStore(home).reading() as s:
-        row = s.one("SELECT count(*), count(DISTINCT value), count(DISTINCT description) FROM tokens "
-                    "WHERE description LIKE 'bench_p%'")
+        row = s.one(
+            "SELECT count(*), count(DISTINCT value), count(DISTINCT description) FROM tokens "
+            "WHERE description LIKE 'bench_p%'"
+        )
     found = min(row) if row else 0
     return [
         Figure(f"{sizes.processes} consoles x {sizes.tokens_per_process} create token: total", elapsed, "s"),

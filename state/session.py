@@ -107,4 +107,4 @@ class Session:
 
     def all(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a query and return all rows."""
-        return [tuple(r) for r in self.conn.execute(sql, params or []).fetchall()]
+        return self.conn.execute(sql, params or []).fetchall()  # DuckDB already returns a list of tuples

@@ -55,7 +55,6 @@ def orphan_job(token: str, pids: Path) -> tuple[int, int]:
     child, grandchild = map(int, pids.read_text().split())
     [guardian] = [p for p in psutil.Process(launcher.pid).children() if p.pid != child]
     guardian.kill()
-    guardian.wait(5)
     launcher.kill()
     launcher.wait(5)
     return child, grandchild

@@ -347,6 +347,34 @@ def test_interrupting_a_waiting_launcher_takes_its_job_out_of_the_queue(
     assert blocker.wait(timeout=10) == 0
 
 
+def test_a_queued_job_that_is_released_or_whose_launcher_dies_leaves_the_queue(
+    smc: Smc, user: Callable[..., str], tmp_path: Path
+) -> None:
+    blocker, stop = start_blocker(user(model=4), tmp_path)
+    released = start(PY, "-c", "pass", token=user(model=1))
+    killed = start(PY, "-c", "pass", token=user(model=1))
+    wait_for_stderr(released, "[info] Job")
+    wait_for_stderr(killed, "[info] Job")
+    running, *waiting = queue(smc)
+    by_launcher = {j["launcher_pid"]: j for j in waiting}
+    first, second = by_launcher[released.pid], by_launcher[killed.pid]
+
+    ok(smc(f"release {first['id']}"))
+    assert released.wait(timeout=10) == 1
+    assert released.stderr is not None
+    assert (
+        released.stderr.read()
+        .decode()
+        .endswith(f"moreh-run: job {first['id']} left the queue before it got devices: it was released.\n")
+    )
+    killed.kill()
+    killed.wait()
+    wait_until(lambda: [j["id"] for j in queue(smc)] == [running["id"]], what="the dead launcher's job to leave")
+    assert history(smc, second["id"])["end_reason"] == "lost"
+    stop.touch()
+    assert blocker.wait(timeout=10) == 0
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 

@@ -139,8 +139,14 @@ def run_job(user: User, device: int | None = None, *, used: int = 886, util: int
     """A job of ``device`` running on back01 with sampled figures; returns its id."""
 
     def start(s: Session) -> int:
-        job = s.jobs.submit(user.token, device or user.device, host="back01", launcher_pid=pid - 1,
-                            launcher_create_time=0.0, process_name="python train.py")
+        job = s.jobs.submit(
+            user.token,
+            device or user.device,
+            host="back01",
+            launcher_pid=pid - 1,
+            launcher_create_time=0.0,
+            process_name="python train.py",
+        )
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(job.id, pid, 0.0)
         devices = s.jobs.get(job.id).devices
@@ -148,8 +154,17 @@ def run_job(user: User, device: int | None = None, *, used: int = 886, util: int
         s.backends.record_samples(
             backend,
             [
-                Device(backend, d.index, "", memory_total_mib=GPU_MIB, memory_used_mib=used, util_gpu=util + 2 * n,
-                       util_mem=3, temp_gpu=36 + n, temp_mem=43 + n)
+                Device(
+                    backend,
+                    d.index,
+                    "",
+                    memory_total_mib=GPU_MIB,
+                    memory_used_mib=used,
+                    util_gpu=util + 2 * n,
+                    util_mem=3,
+                    temp_gpu=36 + n,
+                    temp_mem=43 + n,
+                )
                 for n, d in enumerate(devices)
             ],
         )
@@ -165,12 +180,19 @@ def queue_job(user: User, device: int) -> int:
 
     def submit(s: Session) -> int:
         # No scheduling pass runs here (as when no daemon runs): the job stays QUEUED.
-        job = s.jobs.submit(user.token, device, host="back01", launcher_pid=555, launcher_create_time=0.0,
-                            process_name="python big.py")
+        job = s.jobs.submit(
+            user.token, device, host="back01", launcher_pid=555, launcher_create_time=0.0, process_name="python big.py"
+        )
         return job.id
 
     job_id: int = admin(submit)
     return job_id
+
+
+def latest_24_5(s: Session) -> None:
+    """The admin registers worker version 24.5.0 as the latest."""
+    s.versions.create("24.5.0", "/opt/moreh/24.5.0")
+    s.versions.set_latest("24.5.0")
 
 
 def add_device(user: User, model_id: int) -> int:
@@ -211,9 +233,10 @@ def test_an_unknown_token_is_refused_in_one_line(smi: Run, user: User, monkeypat
 
 
 def test_an_idle_device_prints_the_reference_layout(smi: Run, user: User) -> None:
-    admin(lambda s: (s.versions.create("24.5.0", "/opt/moreh/24.5.0"), s.versions.set_latest("24.5.0")))
+    admin(latest_24_5)
     result = smi()
-    assert result.code == 0 and result.err == ""
+    assert result.code == 0
+    assert result.err == ""
     assert result.out == (
         "+------------------------------------------------------------------------------------------+\n"
         "|                                          Current Version: 0.1.0  Latest Version: 24.5.0  |\n"
@@ -231,7 +254,9 @@ def test_a_running_job_shows_its_memory_total_utilization_and_processes(smi: Run
     job = run_job(user, used=886, util=60)  # Large: 4 GPUs at 60, 62, 64, 66 %
     out = smi().out.splitlines()
     assert out[5] == "|  * 1     |  Moreh SDA  |  Large.256GB  |  3544 MiB      |  327680 MiB    |   63 %        |"
-    assert out[6] == f"|    {second}     |  Moreh SDA  |  Small.64GB   |  -             |  -             |  -            |"
+    assert (
+        out[6] == f"|    {second}     |  Moreh SDA  |  Small.64GB   |  -             |  -             |  -            |"
+    )
     header = "|  Device  |  Job ID  |    PID   |      Process      |  Memory Usage  |"
     assert out[8:] == [
         "",
@@ -270,7 +295,8 @@ def test_a_queued_job_says_it_waits_and_for_what(smi: Run, user: User) -> None:
     row = next(line for line in out.splitlines() if line.startswith(f"|       {big}  |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == [str(big), str(waiting), "555", "python big.py", "1"]
-    assert "8 device(s)" in cells[5] and "4 idle" in cells[5]
+    assert "8 device(s)" in cells[5]
+    assert "4 idle" in cells[5]
     data = json.loads(smi("--json").out)
     assert data["waiting"][0]["job_id"] == waiting
     assert [d["state"] for d in data["devices"]] == ["running", "waiting"]
@@ -281,7 +307,8 @@ def test_idx_narrows_the_view_to_one_device(smi: Run, user: User) -> None:
     run_job(user)
     out = smi("-i", str(second)).out
     assert f"|    {second}     |  Moreh SDA  |  Medium.128GB  |" in out
-    assert "|  * 1" not in out and "Processes:" not in out
+    assert "|  * 1" not in out
+    assert "Processes:" not in out
     assert "Processes:" in smi("--idx", "1").out
 
 
@@ -361,7 +388,7 @@ def test_help_is_the_reference_text_and_loads_nothing_heavy(smi: Run) -> None:
 
 def test_version_and_server_version(smi: Run, user: User) -> None:
     assert smi("-v").out == "moreh-smi 0.1.0 (moreh-tools)\n"
-    admin(lambda s: (s.versions.create("24.5.0", "/opt/24.5.0"), s.versions.set_latest("24.5.0")))
+    admin(latest_24_5)
     out = smi("-s").out
     assert "|  Latest Version      |  24.5.0             |" in out
     assert json.loads(smi("-s", "--json").out)["Latest Version"] == "24.5.0"
@@ -393,7 +420,8 @@ def test_reset_releases_the_tokens_job_or_says_none_runs(smi: Run, user: User) -
     with StateStore().reading() as s:
         assert s.jobs.find(job) is None
         entry = s.jobs.history_entry(job)
-        assert entry is not None and entry.end_reason == "released"
+        assert entry is not None
+        assert entry.end_reason == "released"
 
 
 # -- device options ----------------------------------------------------------------------------------
@@ -525,7 +553,8 @@ def test_interactive_switch_and_rm_read_the_device_id(smi: Run, user: User) -> N
     assert switched.out.endswith("Switch Current Device success.\n")
     with state_unchanged():
         quit_rm = smi("device", "--rm", stdin="Q\n")
-    assert quit_rm.code == 0 and quit_rm.out.endswith("Selection (1-2, q, Q): Q\n\n")
+    assert quit_rm.code == 0
+    assert quit_rm.out.endswith("Selection (1-2, q, Q): Q\n\n")
 
 
 def test_end_of_input_at_a_prompt_is_one_line_and_changes_nothing(smi: Run, user: User) -> None:
@@ -542,19 +571,22 @@ def test_end_of_input_at_a_prompt_is_one_line_and_changes_nothing(smi: Run, user
 
 def test_stale_figures_of_a_local_job_are_sampled_from_the_simulated_gpus(smi: Run, user: User) -> None:
     def local_job(s: Session) -> int:
-        s.backends.register_local("vm-host", "127.0.0.1", [(f"GPU-SIM-{i}", "Simulated GPU (moreh-tools)", 1000)
-                                                          for i in range(8)])
+        s.backends.register_local(
+            "vm-host", "127.0.0.1", [(f"GPU-SIM-{i}", "Simulated GPU (moreh-tools)", 1000) for i in range(8)]
+        )
         sda = s.sdas.create(user.token, "", 1)
-        job = s.jobs.submit(user.token, sda, host="vm-host", launcher_pid=1, launcher_create_time=0.0,
-                            process_name="python local.py")
+        job = s.jobs.submit(
+            user.token, sda, host="vm-host", launcher_pid=1, launcher_create_time=0.0, process_name="python local.py"
+        )
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(job.id, 1, 0.0)
         return sda
 
     sda = admin(local_job)
     with StateStore().reading() as s:
-        assert s.one("SELECT count(sampled_at) FROM devices d JOIN backends b ON b.id = d.backend_id "
-                     "WHERE b.host = 'vm-host'") == (0,)
+        assert s.one(
+            "SELECT count(sampled_at) FROM devices d JOIN backends b ON b.id = d.backend_id WHERE b.host = 'vm-host'"
+        ) == (0,)
     out = smi("-i", str(sda)).out
     row = next(line for line in out.splitlines() if line.startswith(f"|  * {sda}") or line.startswith(f"|    {sda}"))
     assert "81920 MiB" in row  # MOREH_FAKE_GPUS=8: 8 simulated GPUs of 81920 MiB, now sampled
@@ -566,8 +598,9 @@ def running_job(user: User, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """``moreh-run`` of a sleeping job on this host, whose GPUs (simulated) hold 1234 MiB each."""
     env = dict(os.environ, MOREH_HOSTNAME="vm-host", MOREH_FAKE_GPU_MEMORY_MIB="1234")
     admin(lambda s: s.sdas.update_model(user.token, 2))  # Medium: 2 GPUs
-    proc = subprocess.Popen([MOREH_RUN, "--", "sleep", "30"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [MOREH_RUN, "--", "sleep", "30"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -579,7 +612,7 @@ def test_a_moreh_run_job_shows_the_simulated_memory_and_its_gpus(
 ) -> None:
     deadline = time.monotonic() + 20
     out = ""
-    while time.monotonic() < deadline and "1234 MiB" not in out:
+    while time.monotonic() < deadline and "2468 MiB" not in out:
         out = script().out
         time.sleep(0.2)
     assert "|  * 1     |  Moreh SDA  |  Medium.128GB  |  2468 MiB      |  163840 MiB    |" in out, out

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.notifications import SeverityLevel
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer
 from textual.worker import Worker, WorkerState
@@ -46,16 +47,21 @@ class DashboardApp(App[None]):
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "moreh-smi dashboard"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] | None = [(0, "-narrow"), (110, "-wide")]
+    # The palette's footer entry costs 12 columns that an 80-column terminal needs for our keys.
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [  # type: ignore[misc]
+        (0, "-narrow"),
+        (110, "-wide"),
+    ]
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("u", "view('user')", "User view"),
         Binding("a", "view('admin')", "Admin view"),
         Binding("r", "refresh", "Refresh"),
-        Binding("x", "release", "Release job"),
+        Binding("x", "release", "Release"),
         Binding("p", "priority", "Priority"),
-        Binding("m", "switch_model", "Switch model"),
+        Binding("m", "switch_model", "Model"),
     ]
 
     def __init__(self, source: DataSource, *, interval: float = DEFAULT_INTERVAL_S, read_only: bool = False) -> None:
@@ -73,6 +79,12 @@ class DashboardApp(App[None]):
         self._poll_again = False
         self._timer: Timer | None = None
         self._acting = False
+        self.said: list[str] = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether a poll or an action is in flight (tests wait for this to settle)."""
+        return self._polling or self._acting or any(w.is_running for w in self.workers)
 
     # -- layout ---------------------------------------------------------------------------------------
 
@@ -88,13 +100,13 @@ class DashboardApp(App[None]):
                     yield HistoryTable(id="history")
             if self.access.admin:
                 with Vertical(id="admin"):
-                    with VerticalScroll(id="grid-box", classes="panel"):
-                        yield BackendGrid(id="grid")
-                    with Horizontal(id="admin-lower"):
-                        yield AdminJobTable(id="jobs")
+                    with Horizontal(id="admin-top"):
+                        with VerticalScroll(id="grid-box", classes="panel"):
+                            yield BackendGrid(id="grid")
                         with Vertical(id="admin-side"):
                             yield UsageTable(id="usage")
                             yield EventLog(id="events")
+                    yield AdminJobTable(id="jobs")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -160,13 +172,13 @@ class DashboardApp(App[None]):
             if event.state == WorkerState.SUCCESS and isinstance(worker.result, ModelChoices):
                 self._choices_ready(worker.result)
             elif worker.error is not None:
-                self.notify(problem_text(worker.error), title="Not done", severity="error", timeout=8)
+                self.say(problem_text(worker.error), "error")
         elif worker.group == "action":
             self._acting = False
             if event.state == WorkerState.SUCCESS:
-                self.notify(str(worker.result), title="Done", timeout=4)
+                self.say(str(worker.result))
             elif worker.error is not None:
-                self.notify(problem_text(worker.error), title="Not done", severity="error", timeout=8)
+                self.say(problem_text(worker.error), "error")
             self.poll()
 
     # -- drawing -------------------------------------------------------------------------------------------
@@ -200,6 +212,12 @@ class DashboardApp(App[None]):
         self.query_one(StatusBar).show(
             view=self.view, daemon=snapshot.daemon_running, taken_at=snapshot.taken_at, simulated=simulated
         )
+
+    def say(self, message: str, severity: SeverityLevel = "information") -> None:
+        """Tell the user how something went, in a toast (errors stay longer); ``said`` keeps the lines."""
+        self.said.append(message)
+        titles = {"information": "Done", "warning": "Not now", "error": "Not done"}
+        self.notify(message, title=titles[severity], severity=severity, timeout=8 if severity == "error" else 4)
 
     def _draw_problem(self, message: str) -> None:
         bar = self.query_one(StatusBar)
@@ -252,7 +270,7 @@ class DashboardApp(App[None]):
 
     def _act(self, work: Callable[[], str]) -> None:
         if self._acting:
-            self.notify("The previous action is still running; wait for it.", severity="warning")
+            self.say("The previous action is still running; wait for it.", "warning")
             return
         self._acting = True
         self.run_worker(work, name="action", group="action", thread=True, exit_on_error=False)
@@ -261,7 +279,7 @@ class DashboardApp(App[None]):
         """Ask, then release the selected job."""
         job = self.selected_job()
         if job is None:
-            self.notify("No job is selected: move the cursor onto a job first.", severity="warning")
+            self.say("No job is selected: move the cursor onto a job first.", "warning")
             return
         owner = f", {job.owner}" if self.view == "admin" and job.owner else ""
         where = f"waiting at #{job.position}" if job.queued else f"{job.status.lower()} on {job.placed_on or job.host}"
@@ -282,7 +300,7 @@ class DashboardApp(App[None]):
         """Ask for a queued job's new priority, then set it."""
         job = self.selected_job()
         if job is None or not job.queued:
-            self.notify("Select a queued job: only a queued job's priority can change.", severity="warning")
+            self.say("Select a queued job: only a queued job's priority can change.", "warning")
             return
 
         def answered(priority: int | None) -> None:
@@ -297,13 +315,10 @@ class DashboardApp(App[None]):
 
     def _choices_ready(self, choices: ModelChoices) -> None:
         if choices.busy is not None:
-            self.notify(
-                f"The model cannot be switched while {choices.busy}; wait for it to end or release it (x).",
-                severity="warning",
-            )
+            self.say(f"The model cannot be switched while {choices.busy}; wait for it to end or release it (x).", "warning")
             return
         if not choices.options:
-            self.notify("This token may use no SDA model; ask your administrator.", severity="warning")
+            self.say("This token may use no SDA model; ask your administrator.", "warning")
             return
 
         def picked(option: ModelOption | None) -> None:

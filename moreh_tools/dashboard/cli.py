@@ -36,11 +36,16 @@ def parse_interval(text: str) -> float:
     return value
 
 
+def on_a_terminal() -> bool:
+    """Whether stdin and stdout are a terminal (Textual needs both)."""
+    return sys.stdout.isatty() and sys.stdin.isatty()
+
+
 def run(*, interval: float = 1.0, read_only: bool = False) -> int:
     """Run the dashboard until the user quits; refuse (UserError) without a terminal or a usable token."""
     from moreh_tools import identity
 
-    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+    if not on_a_terminal():
         raise UserError(NOT_A_TERMINAL)
     from moreh_tools.dashboard.data import StateSource, resolve_access
     from state.store import StateStore

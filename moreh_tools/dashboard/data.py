@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from moreh_tools.smi.common import UserError, check_token
-from moreh_tools.smi.status import SmiStatus
+from moreh_tools.smi.status import SIMULATED_GPU_NAME, SmiStatus, collect_status
 
 if TYPE_CHECKING:
     from moreh_tools.smi.devices import ModelOption
-    from state.records import Event, Job
+    from state.records import Event, HistoryEntry, Job
     from state.session import Session
     from state.store import StateStore
 
@@ -231,6 +232,209 @@ class DataSource(Protocol):
     """What the app needs: polls and actions. Tests pass a fixed source for deterministic screens."""
 
     access: Access
+
+    def fetch(self, view: View) -> Snapshot:
+        """Read what ``view`` shows (blocking; called in a worker thread)."""
+        ...
+
+    def release(self, job_id: int) -> str:
+        """Release a job; return the message to show."""
+        ...
+
+    def set_priority(self, job_id: int, priority: int) -> str:
+        """Change a queued job's priority; return the message to show."""
+        ...
+
+    def model_choices(self) -> ModelChoices:
+        """The models the current device may switch to."""
+        ...
+
+    def switch_model(self, option: ModelOption) -> str:
+        """Switch the current device's model; return the message to show."""
+        ...
+
+
+# -- reading the state ---------------------------------------------------------------------------------
+
+_FINGERPRINT_SQL = """
+SELECT now()::TIMESTAMP,
+    (SELECT coalesce(max(id), 0) FROM events),
+    (SELECT count(*) || ':' || coalesce(sum(hash(id, status, priority, pid)), 0) FROM jobs),
+    (SELECT count(*) || ':' || coalesce(sum(hash(job_id, pid, memory_mib)), 0) FROM job_processes),
+    (SELECT count(*) || ':' || coalesce(sum(hash(backend_id, idx, status)), 0) FROM devices),
+    (SELECT max(sampled_at) FROM devices)
+"""
+
+
+def _fingerprint(s: Session) -> tuple[datetime, tuple[Any, ...], Any]:
+    """(the state's clock, what changes with any state change, what changes with each GPU sample)."""
+    row = s.one(_FINGERPRINT_SQL)
+    assert row is not None
+    # Not every change writes an event (a job starting to run, samples), hence the hashes.
+    return row[0], tuple(row[1:5]), row[5]
+
+
+def _owners(s: Session, tokens: Sequence[str]) -> dict[str, str]:
+    if not tokens:
+        return {}
+    rows = s.all(
+        f"SELECT value, description FROM tokens WHERE value IN ({', '.join('?' for _ in tokens)})", list(tokens)
+    )
+    return {str(v): str(d) for v, d in rows}
+
+
+def _placed_on(job: Job) -> str:
+    """``node1:0-3`` style: the GPUs a job holds, grouped by host."""
+    by_host: dict[str, list[int]] = {}
+    for ref in job.devices:
+        by_host.setdefault(ref.backend_host, []).append(ref.index)
+    return " ".join(f"{host}:{_ranges(sorted(indexes))}" for host, indexes in by_host.items())
+
+
+def _ranges(indexes: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = indexes[0]
+    for index in [*indexes[1:], None]:
+        if index is not None and index == prev + 1:
+            prev = index
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if index is not None:
+            start = prev = index
+    return ",".join(parts)
+
+
+def _job_row(job: Job, owner: str, position: int | None, reason: str) -> JobRow:
+    return JobRow(
+        id=job.id,
+        token=job.token,
+        owner=owner,
+        sda_id=job.sda_id,
+        status=job.status,
+        priority=job.priority,
+        device_count=job.device_count,
+        host=job.host,
+        process=job.process_name,
+        position=position,
+        reason=reason,
+        request_time=job.request_time,
+        start_time=job.start_time,
+        placed_on=_placed_on(job),
+    )
+
+
+def _history_row(entry: HistoryEntry) -> HistoryRow:
+    return HistoryRow(
+        entry.id, entry.sda_id, entry.process_name, entry.exit_code, entry.end_reason, entry.start_time,
+        entry.end_time,
+    )
+
+
+def gather_user(s: Session, token: str, label: str) -> UserData:
+    """The user view of ``token``: devices (H7's status), jobs with queue places, recent history."""
+    status = collect_status(s, token)
+    waiting = {w.job_id: w for w in status.waiting}
+    jobs = []
+    for job in sorted(s.jobs.of_token(token), key=lambda j: (j.status == "QUEUED", j.sda_id, j.id)):
+        wait = waiting.get(job.id)
+        jobs.append(_job_row(job, label, wait.position if wait else None, wait.reason if wait else ""))
+    history = tuple(_history_row(e) for e in reversed(s.jobs.history(HISTORY_ROWS, token)))
+    return UserData(status, tuple(jobs), history)
+
+
+def gather_grid(s: Session) -> tuple[GridBackend, ...]:
+    """Every backend and its GPUs with their scheduling status and last samples."""
+    devices: dict[int, list[GridDevice]] = {}
+    for backend_id, index, status, name, used, total, util, job_id in s.all(
+        "SELECT d.backend_id, d.idx, d.status, d.name, d.memory_used_mib, d.memory_total_mib, d.util_gpu, jd.job_id "
+        "FROM devices d LEFT JOIN job_devices jd ON jd.backend_id = d.backend_id AND jd.device_index = d.idx "
+        "ORDER BY 1, 2"
+    ):
+        devices.setdefault(int(backend_id), []).append(
+            GridDevice(int(index), str(status), used, total, util, job_id, name == SIMULATED_GPU_NAME)
+        )
+    return tuple(
+        GridBackend(int(bid), str(host), str(status), str(group), tuple(devices.get(int(bid), ())))
+        for bid, host, status, group in s.all(
+            "SELECT b.id, b.host, b.status, coalesce(g.name, '') FROM backends b "
+            "LEFT JOIN backend_groups g ON g.id = b.group_id ORDER BY b.id"
+        )
+    )
+
+
+def gather_jobs(s: Session) -> tuple[tuple[JobRow, ...], tuple[JobRow, ...]]:
+    """(running jobs by id, queued jobs in scheduling order with their place and why they wait)."""
+    from scheduler_core.scheduling import queue_order, schedule
+
+    jobs = s.jobs.all()
+    owners = _owners(s, sorted({j.token for j in jobs}))
+    queued = {j.id: j for j in jobs if j.status == "QUEUED"}
+    order: list[int] = []
+    reasons: dict[int, str] = {}
+    if queued:
+        backends, queue, active, reserved = s.jobs.scheduling_inputs()
+        order = [q.id for q in queue_order(queue)]
+        try:
+            reasons = dict(schedule(backends, queue, active, reserved).waiting)
+        except Exception:
+            # The reason is a courtesy; a scheduler fault must not hide the queue.
+            if os.environ.get("MOREH_DEBUG"):
+                raise
+    running = tuple(_job_row(j, owners.get(j.token, ""), None, "") for j in jobs if j.status != "QUEUED")
+    queue_rows = tuple(
+        _job_row(queued[jid], owners.get(queued[jid].token, ""), place, reasons.get(jid, STARTS_NEXT_PASS))
+        for place, jid in enumerate(order, start=1)
+        if jid in queued
+    )
+    return running, queue_rows
+
+
+def gather_usage(s: Session, now: datetime, jobs: Sequence[JobRow]) -> tuple[UsageRow, ...]:
+    """Device-hours per token over the last :data:`USAGE_WINDOW`, with what each has queued and running now."""
+    running: dict[str, int] = {}
+    queued: dict[str, int] = {}
+    owners: dict[str, str] = {}
+    for job in jobs:
+        counts = queued if job.queued else running
+        counts[job.token] = counts.get(job.token, 0) + 1
+        owners[job.token] = job.owner
+    used = s.jobs.usage(now - USAGE_WINDOW, now)
+    rows = [
+        UsageRow(u.token, u.description, u.device_seconds / 3600, u.jobs, running.get(u.token, 0), queued.get(u.token, 0))
+        for u in used
+    ]
+    # Tokens that only wait (or only just started) have used nothing yet but belong in the table.
+    rows += [
+        UsageRow(token, owners.get(token, ""), 0.0, 0, running.get(token, 0), queued.get(token, 0))
+        for token in sorted((set(running) | set(queued)) - {u.token for u in used})
+    ]
+    return tuple(rows)
+
+
+@dataclass
+class _Cache:
+    structure: tuple[Any, ...] | None = None
+    samples: Any = None
+    user: UserData | None = None
+    admin: AdminData | None = None
+    usage_read_at: float = -USAGE_MAX_AGE_S
+    admin_parts: dict[str, Any] = field(default_factory=dict)
+
+
+class StateSource:
+    """The dashboard's data source over the real state."""
+
+    def __init__(self, store: StateStore, access: Access, host: str | None = None) -> None:
+        """Read ``store`` as ``access`` allows; ``host`` is this host (for releasing jobs that run here)."""
+        from moreh_tools import identity
+
+        self.store = store
+        self.access = access
+        self.host = host or identity.host_name()
+        self._cache: dict[View, _Cache] = {"user": _Cache(), "admin": _Cache()}
+        self._sampled_at = -1e9
+
+    # -- polling -------------------------------------------------------------------------------------
 
     def fetch(self, view: View, *, resample: bool = True) -> Snapshot:
         """Read ``view``; parts of the state that did not change since the last fetch are not read again.

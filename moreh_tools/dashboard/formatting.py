@@ -115,3 +115,8 @@ def exit_text(exit_code: int | None, reason: str) -> Text:
 def short_token(token: str) -> str:
     """The first 8 characters of a token value: enough to tell tokens apart on screen."""
     return token[:8]
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells with an ellipsis (tables keep narrow columns narrow)."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from moreh_tools import identity
 
 if TYPE_CHECKING:
+    from state.records import Token
     from state.session import Session
 
 #: How the tools call one SDA, as the real ones say "MoAI Accelerator" or "KT AI Accelerator".
@@ -45,13 +46,17 @@ def find_token() -> str:
         raise UserError(str(exc)) from None
 
 
-def check_token(s: Session, token: str) -> None:
-    """Refuse a token the state does not know (the runtime calls this ``moreh::InvalidToken``)."""
-    if not s.tokens.exists(token):
+def check_token(s: Session, token: str) -> Token:
+    """The token's record; refuse one the state does not know (the runtime calls it ``moreh::InvalidToken``)."""
+    from state.errors import NotFoundError
+
+    try:
+        return s.tokens.get(token)
+    except NotFoundError:
         raise UserError(
             f"Invalid SDA token (moreh::InvalidToken.): the token from {token_source()} is not known to the "
             "SDA manager; check it or ask your administrator."
-        )
+        ) from None
 
 
 def run_tool(name: str, body: Callable[[], int]) -> int:
@@ -59,7 +64,9 @@ def run_tool(name: str, body: Callable[[], int]) -> int:
     from state.errors import StateError
 
     try:
-        return body()
+        code = body()
+        sys.stdout.flush()  # inside the try: a closed pipe (moreh-smi | head) is handled below
+        return code
     except UserError as exc:
         _say(str(exc))
         return exc.code
@@ -74,8 +81,8 @@ def run_tool(name: str, body: Callable[[], int]) -> int:
         _say("Interrupted; nothing more was changed.")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (moreh-smi | head); nothing to report to it.
-        sys.stderr.close()
+        # The reader went away (moreh-smi | head): nothing to tell it, and no second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except Exception as exc:
         if os.environ.get("MOREH_DEBUG"):

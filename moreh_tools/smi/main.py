@@ -183,8 +183,10 @@ def _show(store: StateStore, token: str, args: argparse.Namespace) -> int:
     if args.json:
         data = status.to_dict()
         if args.token:
-            data = {"token": token, "devices": [{"device": d.id, "current": d.current, "model": d.model}
-                                                for d in status.devices]}
+            data = {
+                "token": token,
+                "devices": [{"device": d.id, "current": d.current, "model": d.model} for d in status.devices],
+            }
         return _print_json(data)
     print(render.token_table(status) if args.token else render.status_text(status))
     return EXIT_OK

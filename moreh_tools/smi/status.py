@@ -219,8 +219,7 @@ def samples_stale(s: Session, token: str, host: str) -> bool:
 
 def collect_status(s: Session, token: str) -> SmiStatus:
     """Gather the token's devices, jobs and GPU figures from one session (reads only)."""
-    check_token(s, token)
-    owner = s.tokens.get(token)
+    owner = check_token(s, token)
     sdas = s.sdas.of_token(token)
     jobs = s.jobs.of_token(token)
     models = {m.id: m for m in s.models.all()}

@@ -64,12 +64,16 @@ class BackendGrid(Widget):
             self.backends = backends
             self.refresh(layout=True)
 
-    def _label_width(self) -> int:
+    def _label_width(self, width: int) -> int:
+        """Room for ``id host (sim) ``; squeezed (down to 10) so that a whole 8-GPU backend fits on a line."""
         longest = max((len(f"{b.id} {b.host}") for b in self.backends), default=4)
-        return min(longest, 18) + 6  # room for " (sim)" or " off"
+        wanted = min(longest, 18) + 7  # " (sim)" or " off", and a space
+        widest = max((len(b.devices) for b in self.backends), default=0)
+        fit = width - min(widest, 8) * (CELL_WIDTH + 1) + 1
+        return max(min(wanted, fit), 10)
 
     def _per_line(self, width: int) -> int:
-        return max((width - self._label_width()) // (CELL_WIDTH + 1), 1)
+        return max((width - self._label_width(width) + 1) // (CELL_WIDTH + 1), 1)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         """A legend line, then each backend's lines."""
@@ -79,7 +83,7 @@ class BackendGrid(Widget):
     def render(self) -> Text:
         """The legend, then one or more lines per backend."""
         width = self.size.width
-        label_width = self._label_width()
+        label_width = self._label_width(width)
         per_line = self._per_line(width)
         lines = [legend()]
         if not self.backends:
@@ -89,9 +93,10 @@ class BackendGrid(Widget):
             chunks = [devices[i : i + per_line] for i in range(0, len(devices), per_line)] or [()]
             for number, chunk in enumerate(chunks):
                 line = self._label(backend, label_width) if number == 0 else Text(" " * label_width)
-                for device in chunk:
+                for number_in_line, device in enumerate(chunk):
+                    if number_in_line:
+                        line.append(" ")
                     line.append_text(cell(device))
-                    line.append(" ")
                 if not devices:
                     line.append("no GPU registered", style="dim")
                 line.truncate(width)
@@ -100,11 +105,13 @@ class BackendGrid(Widget):
 
     @staticmethod
     def _label(backend: GridBackend, width: int) -> Text:
+        """``id host`` with `` off`` or `` (sim)`` when there is room; the name wins a narrow column."""
         name = f"{backend.id} {backend.host}"
         tag = " off" if backend.status != "ACTIVE" else " (sim)" if backend.simulated else ""
-        room = width - len(tag) - 1
-        if len(name) > room:
-            name = name[: room - 1] + "…"
+        if len(name) + len(tag) > width - 1:
+            tag = " off" if backend.status != "ACTIVE" and len(name) + 4 <= width - 1 else ""
+        if len(name) + len(tag) > width - 1:
+            name = name[: width - 2] + "…"
         text = Text(name, style="bold" if backend.status == "ACTIVE" else "dim strike")
         text.append(tag, style="red" if tag == " off" else "magenta")
         text.pad_right(width - len(text))

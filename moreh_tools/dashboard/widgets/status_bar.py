@@ -49,7 +49,7 @@ class StatusBar(Widget):
         if self.daemon is True:
             text.append(" · daemon running", style="green")
         elif self.daemon is False:
-            text.append(" · no sdamanager daemon: nothing samples or schedules between launches", style="bold yellow")
+            text.append(" · no sdamanager daemon", style="bold yellow")
         if self.simulated:
             text.append(" · simulated GPUs", style="magenta")
         if self.problem:

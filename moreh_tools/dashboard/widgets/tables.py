@@ -80,8 +80,8 @@ class UserJobTable(LiveTable):
         ("status", "Status"),
         ("queue", "Queue"),
         ("time", "For"),
-        ("process", "Process"),
         ("where", "Waiting for / running on"),
+        ("process", "Process"),
     )
 
     def show(self, jobs: Sequence[JobRow], now: datetime) -> None:
@@ -96,8 +96,8 @@ class UserJobTable(LiveTable):
                         _status(j),
                         f"#{j.position}" if j.position is not None else fmt.NONE,
                         fmt.since(j.start_time if j.start_time is not None else j.request_time, now),
-                        j.process or fmt.NONE,
                         _where(j),
+                        j.process or fmt.NONE,
                     ),
                 )
                 for j in jobs
@@ -111,14 +111,13 @@ class AdminJobTable(LiveTable):
     COLUMNS = (
         ("job", "Job"),
         ("owner", "Owner"),
-        ("sda", "SDA"),
-        ("pri", "Pri"),
-        ("gpus", "GPUs"),
         ("status", "Status"),
         ("queue", "#"),
+        ("pri", "Pri"),
+        ("gpus", "GPUs"),
+        ("where", "Waiting for / running on"),
         ("since", "Since"),
         ("process", "Process"),
-        ("where", "Waiting for / running on"),
     )
 
     def show(self, jobs: Sequence[JobRow], now: datetime) -> None:
@@ -129,15 +128,14 @@ class AdminJobTable(LiveTable):
                     str(j.id),
                     (
                         str(j.id),
-                        j.owner or fmt.short_token(j.token),
-                        str(j.sda_id),
-                        str(j.priority),
-                        str(j.device_count),
+                        fmt.clip(j.owner or fmt.short_token(j.token), 14),
                         _status(j),
                         str(j.position) if j.position is not None else fmt.NONE,
-                        fmt.clock(j.start_time or j.request_time, now),
-                        j.process or fmt.NONE,
+                        str(j.priority),
+                        str(j.device_count),
                         _where(j),
+                        fmt.clock(j.start_time or j.request_time, now),
+                        fmt.clip(j.process, 24) or fmt.NONE,
                     ),
                 )
                 for j in jobs
@@ -184,10 +182,10 @@ class UsageTable(LiveTable):
 
     COLUMNS = (
         ("owner", "Token"),
-        ("hours", "GPU·h 24h"),
+        ("hours", "GPU·h"),
         ("jobs", "Jobs"),
         ("running", "Run"),
-        ("queued", "Queued"),
+        ("queued", "Queue"),
     )
 
     def show(self, usage: Sequence[UsageRow]) -> None:
@@ -197,7 +195,7 @@ class UsageTable(LiveTable):
                 (
                     u.token,
                     (
-                        Text(u.owner or fmt.short_token(u.token)),
+                        Text(fmt.clip(u.owner or fmt.short_token(u.token), 12)),
                         f"{u.device_hours:.1f}",
                         str(u.jobs),
                         Text(str(u.running), style="green" if u.running else "dim"),
