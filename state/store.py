@@ -21,7 +21,7 @@ import duckdb
 from filelock import FileLock, Timeout
 
 from state import migrations
-from state.errors import StateBusyError, StateError, StateUnavailableError
+from state.errors import InvalidValueError, StateBusyError, StateError, StateUnavailableError
 from state.paths import lock_file, state_file, state_home
 
 if TYPE_CHECKING:
@@ -120,6 +120,11 @@ class StateStore:
                 self._schema_checked = True
             yield conn
         except duckdb.Error as exc:
+            if "surrogate" in str(exc):  # argv or a pipe held bytes that are not UTF-8 (Python keeps them as \udcXX)
+                raise InvalidValueError(
+                    "A value given is not valid UTF-8 text (it holds undecodable bytes); type it again as UTF-8, "
+                    "or set the terminal's and LANG's encoding to UTF-8."
+                ) from None
             raise StateError(f"State database error: {_first_line(exc)}") from exc
         finally:
             conn.close()

@@ -375,6 +375,18 @@ def test_a_queued_job_that_is_released_or_whose_launcher_dies_leaves_the_queue(
     assert blocker.wait(timeout=10) == 0
 
 
+@pytest.mark.parametrize("entry", ["moreh_tools.launcher.cli", "moreh_tools.daemon.cli"])
+def test_help_loads_nothing_heavy(entry: str) -> None:
+    probe = (
+        f"import sys\nfrom {entry} import main\ntry:\n    main(['--help'])\nexcept SystemExit as exc:\n"
+        "    code = exc.code\nheavy = [m for m in ('duckdb', 'filelock', 'psutil', 'pynvml') if m in sys.modules]\n"
+        "print(code, heavy, file=sys.stderr)"
+    )
+    result = subprocess.run([PY, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert result.stderr == "0 []\n"
+    assert "usage:" in result.stdout
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 

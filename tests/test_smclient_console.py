@@ -349,3 +349,75 @@ def test_show_eventlog_shows_the_last_100_events_or_the_count_asked(smc: Smc) ->
     with state_unchanged():
         fails(smc("show eventlog many"), 1, "event count must be an integer, not 'many'")
         fails(smc("show eventlog 1 2"), 2, "takes 0 to 1 argument(s), got 2")
+
+
+def test_every_change_is_logged_with_its_command_line(smc: Smc, new_token: NewToken) -> None:
+    token, other = new_token("logged"), new_token("other")
+    lines = [
+        "create backend n1 10.0.0.1 4",
+        "create backend n2 10.0.0.2 2",
+        "create backendgroup bg1 2",
+        "update backendgroup name 1 bg-one",
+        "update backendgroup list 1 null",
+        "add backendgroup 1 2",
+        "remove backendgroup 1 2",
+        "update backend host 2 n2b",
+        "update backend ip 2 10.0.0.3",
+        "update backend status 1 SHUTDOWN",
+        "update backend group 2 1",
+        "update device 1 0 SHUTDOWN",
+        "update device all 1 IDLE",
+        "create sdamodel tiny 1",
+        "create sdamodelgroup mg1 0 1",
+        "update sdamodelgroup name 1 mg-one",
+        "update sdamodelgroup backendgroup 1 1",
+        "update sdamodelgroup list 1 1,53",
+        "add sdamodelgroup 1 2",
+        "remove sdamodelgroup 1 2",
+        f"create usergroup ug1 {other}",
+        "update usergroup name 1 ug-one",
+        f"update usergroup list 1 {token}",
+        f"add usergroup 1 {other}",
+        f"remove usergroup 1 {other}",
+        "add membership 1 1",
+        f"create sda {token} d 53",
+        f"update token sda max {token} 2",
+        f"create resv_sda {token} r 1",
+        f"update sda id {token} 1 1",
+        f"update sda {token} 53",
+        f"update token sda current {token} 2",
+        f"delete sda {token} 2",
+        f"update token desc {token} renamed",
+        f"update token priority {token} 9",
+        f"update token access level {token} ADMIN",
+        f"update token sda max {token} 1",
+        f"update token duplicable {token} 3",
+        f"add token env {token} K v",
+        f"remove token env {token} K",
+        "remove membership 1 1",
+        "delete usergroup 1 true",
+        "delete sdamodelgroup 1 true",
+        "delete sdamodel 2",
+        "delete backendgroup 1 true",
+        "delete backend 2",
+        "create version 1.0 /opt/1.0",
+        "update version path 1.0 /srv/1.0",
+        "update version query 1.0 q",
+        "update version worker 1.0 w",
+        "update version health_check 1.0 h",
+        "update version support 1.0 true",
+        "update version latest 1.0",
+        "add worker env 1.0 A 1",
+        "remove worker env 1.0 A",
+        "delete version 1.0",
+        f"delete sda {token}",
+        f"delete token {token}",
+        "create token fresh 5",
+    ]
+    for line in lines:
+        ok(smc(line))
+    logged = {e["command"] for e in ok(smc("show eventlog 1000", json=True)).json}
+    assert [line for line in lines if line not in logged] == []
+    mutating = {name for name in admin_commands() if name.split()[0] in {"create", "delete", "update", "add", "remove"}}
+    used = {registry.resolve(line.split())[0].name for line in lines}
+    assert mutating - used == set()  # the list above covers every command that changes the state

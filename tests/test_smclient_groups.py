@@ -39,11 +39,13 @@ def test_create_usergroup_in_every_seed_form(smc: Smc, new_token: NewToken) -> N
     assert id_of(ok(smc(f"create usergroup ug1 {a},{b}"))) == 2  # 000: name and token list
     assert id_of(ok(smc(f"create usergroup group_C TEST {a}"))) == 3  # 001: name, description, tokens
     assert id_of(ok(smc("create usergroup group_D 'just a description'"))) == 4
+    assert id_of(ok(smc("create usergroup group_E ''"))) == 5
     assert [(g["name"], g["description"], g["tokens"]) for g in records(smc, "show usergroup")] == [
         ("group_A", "", []),
         ("ug1", "", [a, b]),
         ("group_C", "TEST", [a]),
         ("group_D", "just a description", []),
+        ("group_E", "", []),
     ]
     assert last_action(smc) == "CREATE_USERGROUP"
 

@@ -184,7 +184,7 @@ def test_a_lock_held_too_long_by_another_process_is_one_line(
     finally:
         holder.kill()
         holder.wait()
-    assert 0.4 < waited < 5
+    assert 0.4 < waited < 10  # about the timeout asked for, not the 30 s default
     assert ok(smc("show token", json=True)).json == []  # the blocked command changed nothing
 
 

@@ -90,7 +90,7 @@ class DashboardApp(App[None]):
 
     def compose(self) -> ComposeResult:
         """Status line, the views, the key footer."""
-        yield StatusBar(self.access.label, self.read_only, id="status")
+        yield StatusBar(self.access.label, self.view, self.read_only, id="status")
         with ContentSwitcher(initial=self.view, id="views"):
             if self.access.user:
                 with Vertical(id="user"):

@@ -18,20 +18,20 @@ from state.records import PRIORITY_MAX, PRIORITY_MIN
 
 HELP_KEYS = (
     ("q", "quit"),
-    ("?", "this help (any key closes it)"),
-    ("u / a", "user view / admin view (the admin view needs an ADMIN token or the state itself)"),
-    ("tab, shift+tab", "move between the tables; arrows and page keys move the cursor"),
+    ("?", "this help"),
+    ("u / a", "user view / admin view (admin: an ADMIN token, or the state itself)"),
+    ("tab", "next table; arrows and PgUp/PgDn move the cursor"),
     ("r", "refresh now"),
 )
 ACTION_KEYS = (
-    ("x", "release the job under the cursor (queued: it leaves the queue; running: its processes stop)"),
-    ("p", "change the priority of the queued job under the cursor (admin view)"),
-    ("m", "switch the model of your current device (user view; not while a job uses it)"),
+    ("x", "release the job under the cursor (asks first)"),
+    ("p", "change the queued job's priority (admin view)"),
+    ("m", "switch your current device's model (user view)"),
 )
 
 
 class HelpScreen(ModalScreen[None]):
-    """The key bindings and what the colours mean."""
+    """The key bindings and what the colours mean; any key closes it."""
 
     def __init__(self, read_only: bool, interval: float) -> None:
         """Say whether actions are hidden and how often the screen refreshes."""
@@ -41,27 +41,24 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         """One text block in a box."""
-        text = Text()
-        text.append("moreh-smi --dashboard\n\n", style="bold")
-        keys = HELP_KEYS + (() if self.read_only else ACTION_KEYS)
-        for key, meaning in keys:
-            text.append(f"{key:>15}  ", style="bold cyan")
-            text.append(meaning + "\n")
-        if self.read_only:
-            text.append("\nRead-only mode (--read-only): the release, priority and model actions are off.\n",
-                        style="magenta")
-        text.append(f"\nThe screen re-reads the state every {self.interval:g} s (--interval). ")
-        text.append("Grid colours: ")
         from moreh_tools.dashboard.formatting import STATE_STYLES
 
+        text = Text()
+        text.append("moreh-smi --dashboard", style="bold")
+        text.append(" · press any key to close\n\n", style="dim")
+        for key, meaning in HELP_KEYS + (() if self.read_only else ACTION_KEYS):
+            text.append(f" {key:<6} ", style="bold cyan")
+            text.append(meaning + "\n")
+        if self.read_only:
+            text.append(" --read-only: release, priority and model actions are off.\n", style="magenta")
+        text.append(f"\nRefreshes every {self.interval:g} s (--interval). Grid colours:\n")
         for state, style in STATE_STYLES.items():
-            text.append(f" {state} ", style=style)
+            text.append(f" {state.lower()} ", style=style)
             text.append(" ")
-        text.append("\nBars and sparklines: green below 50 %, yellow below 85 %, red above. ")
-        text.append("GPUs marked simulated come from the simulated provider (MOREH_FAKE_GPUS), not hardware.")
+        text.append("\nBars and sparklines: green below 50 %, yellow below 85 %, red above.\n")
+        text.append("'simulated': figures from the simulated GPUs (MOREH_FAKE_GPUS), not hardware.")
         with Vertical(id="help-box", classes="dialog"):
             yield Static(text, id="help-text")
-            yield Label("Press any key to close.", classes="hint")
 
     def on_key(self, event: events.Key) -> None:
         """Any key closes the help (and does nothing else)."""

@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    from moreh_tools.messages import one_line
+
+    print(one_line(line), file=sys.stderr, flush=True)
 
 
 @dataclass

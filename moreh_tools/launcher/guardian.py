@@ -97,6 +97,8 @@ def _detach(read_fd: int) -> None:
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):  # not the launcher's forwarding handlers
+        signal.signal(sig, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # a test capturing the launcher's output must not wait for the guardian
         os.dup2(null, fd)

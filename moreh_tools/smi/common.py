@@ -92,4 +92,6 @@ def run_tool(name: str, body: Callable[[], int]) -> int:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr)
+    from moreh_tools.messages import one_line
+
+    print(one_line(line), file=sys.stderr)

@@ -15,12 +15,12 @@ class StatusBar(Widget):
     StatusBar { height: 1; background: $panel; color: $text; padding: 0 1; }
     """
 
-    def __init__(self, label: str, read_only: bool, *, id: str | None = None) -> None:
-        """``label`` says whose dashboard this is."""
+    def __init__(self, label: str, view: str, read_only: bool, *, id: str | None = None) -> None:
+        """``label`` says whose dashboard this is; ``view`` which view shows first."""
         super().__init__(id=id)
         self.label = label
         self.read_only = read_only
-        self.view = ""
+        self.view = view
         self.daemon: bool | None = None
         self.taken_at: datetime | None = None
         self.problem: str | None = None

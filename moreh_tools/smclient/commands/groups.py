@@ -43,7 +43,7 @@ def create_usergroup(ctx: Context, args: list[str]) -> Output:
         if len(args) == 3:  # 001's form: name, description, token list
             description, tokens = args[1], to_list(args[2])
         elif len(args) == 2:
-            items = to_list(args[1])
+            items = to_list(args[1]) if args[1].strip() else []  # '' is an empty description, not a bad list
             if all(s.tokens.exists(t) for t in items):
                 tokens = items
             else:
