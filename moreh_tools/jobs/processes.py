@@ -86,12 +86,36 @@ def terminate(pids_or_procs: list[psutil.Process], grace: float) -> int:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_dead(procs, grace)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
-    psutil.wait_procs(alive, timeout=2)
+    _wait_dead(alive, 2.0)
     return len(procs)
+
+
+def _wait_dead(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; return those still running after ``timeout`` seconds.
+
+    A zombie counts as dead: it holds no GPU memory, and its parent (often a slow-reaping PID 1 in a
+    container) may take seconds to reap it, which ``psutil.wait_procs`` would wait out in full.
+    """
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while True:
+        still: list[psutil.Process] = []
+        for proc in alive:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    still.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        alive = still
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def tree(pid: int, started: float | None) -> list[psutil.Process]:
