@@ -22,7 +22,7 @@ smc() { say "moreh_smclient -c \"$1\""; "${bin_dir}moreh_smclient" -c "$1"; }
 
 echo "moreh-tools quickstart - state in $MOREH_HOME"
 py=${bin_dir:+${bin_dir}python}
-"${py:-python3}" -c 'from moreh_tools.gpus import get_provider as g; p = g(); print(("SIMULATED GPUs (no NVIDIA GPU usable here): " if p.simulated else "GPUs: ") + p.description)'
+"${py:-python3}" -c 'from moreh_tools.gpus import get_provider as g; p = g(); print(("SIMULATED GPUs - " if p.simulated else "GPUs - ") + p.description)'
 
 # The admin side (master node).
 say 'moreh_smclient -c "create token quickstart@example.com 10"'
@@ -31,22 +31,25 @@ echo "$created"
 token=${created##*: }
 token=${token%)}
 smc "show sdamodel"
-smc "create sda $token 3"
+smc "create sda $token quickstart-sda 3"
 smc "show token"
 
 # The user side (a VM with the token).
 export MOREH_SDA_TOKEN=$token
 run "${bin_dir}moreh-smi"
-run "${bin_dir}moreh-run" -- "${bin_dir}python" -c 'import os; print("job", os.environ["MOREH_JOB_ID"], "runs on GPUs", os.environ["CUDA_VISIBLE_DEVICES"])'
+run "${bin_dir}moreh-run" -- sh -c 'echo "job $MOREH_JOB_ID runs on GPUs $CUDA_VISIBLE_DEVICES"'
 
-# Two jobs of the same SDA: the second waits for the first (one process per SDA).
-say "moreh-run -- sleep 2 & moreh-run -- echo second"
-"${bin_dir}moreh-run" -- sleep 2 &
-sleep 0.5
-"${bin_dir}moreh-run" -- echo "second job ran after the first released the SDA"
+# A job that runs a while: moreh-smi shows it with the GPU memory it holds; a second job of the
+# same SDA waits until the first ends (one process per SDA).
+say "moreh-run -- sleep 3 &"
+"${bin_dir}moreh-run" -- sleep 3 &
+sleep 1.5
+run "${bin_dir}moreh-smi"
+run "${bin_dir}moreh-smi" -p
+smc "show job"
+run "${bin_dir}moreh-run" -- echo "second job ran after the first released the SDA"
 wait
 
 smc "show history"
-run "${bin_dir}moreh-smi"
 echo
 echo "Done. Explore further with: MOREH_HOME=$MOREH_HOME ${bin_dir}moreh_smclient  (type 'help')"

@@ -402,7 +402,8 @@ def test_admin_view_shows_grid_queue_in_order_usage_and_events(cluster: Cluster)
             await settle(app, pilot)
             text = screen_text(app)
             assert "admin view · root@example.com" in text
-            assert "Cluster · 2 backends · 16 GPUs: 12 idle, 4 processing" in text
+            assert "Cluster · 2 backends · 16 GPUs · cell: util%·mem%" in text
+            assert " idle 12   preparing 0   processing 4   cleaning 0   shutdown 0 " in text
             assert "1 node-1" in text and "2 node-2" in text
             assert "Jobs · 1 running · 2 queued, in scheduling order" in text
             assert table_keys(app, "#jobs") == [str(cluster.running), str(cluster.bob_queued), str(cluster.alice_queued)]
@@ -565,7 +566,7 @@ def test_grid_colours_follow_device_states(cluster: Cluster) -> None:
                 s.jobs.finish(cluster.running, 0, "finished")
             await pilot.press("r")
             await settle(app, pilot)
-            assert "16 idle" in screen_text(app)
+            assert " idle 16 " in screen_text(app)
             assert painted(app, "PROCESSING") < busy
             assert painted(app, "PROCESSING") >= 1  # the legend
             assert painted(app, "IDLE") > idle
@@ -786,7 +787,7 @@ class TestSnapshots:
         check_snapshot("dashboard_user_120x40", snapshot_run(False, (120, 40), polls=12))
 
     def test_admin_view_80x24(self) -> None:
-        """80×24 admin view: colour legend; node-1 (sim) with figures, node-2 partly preparing, node-3 off;
+        """80×24 admin view: colour legend with counts; node-1 (sim) with figures, node-2 partly preparing, node-3 off;
         the jobs table (3 running, then the queue 14, 15, 16 in order with reasons); usage and events side
         by side under it; the status line says no sdamanager daemon.
         """

@@ -15,23 +15,21 @@ from moreh_tools.dashboard.data import GridBackend, GridDevice
 CELL_WIDTH = 7  # " 93·41 ": utilisation · memory, in percent
 
 
-def legend() -> Text:
-    """The colour key and what a cell's numbers mean."""
+def legend(backends: Sequence[GridBackend]) -> Text:
+    """The colour key, each state with how many GPUs are in it."""
+    counts = Counter(d.status for b in backends for d in b.devices)
     text = Text()
     for state, style in fmt.STATE_STYLES.items():
-        text.append(f" {state.lower()} ", style=style)
+        text.append(f" {state.lower()} {counts[state]} ", style=style)
         text.append(" ")
-    text.append("cell: util%·mem%", style="dim")
     return text
 
 
 def summary(backends: Sequence[GridBackend]) -> str:
-    """``60 backends · 480 GPUs: 120 processing, 350 idle`` for the panel title."""
-    counts = Counter(d.status for b in backends for d in b.devices)
-    total = sum(counts.values())
-    parts = [f"{counts[s]} {s.lower()}" for s in fmt.STATE_STYLES if counts[s]]
+    """``60 backends · 480 GPUs (simulated) · cell: util%·mem%`` for the panel title."""
+    total = sum(len(b.devices) for b in backends)
     sim = " (simulated)" if backends and all(b.simulated for b in backends) else ""
-    return f"{len(backends)} backends · {total} GPUs{sim}: " + (", ".join(parts) or "none")
+    return f"{len(backends)} backends · {total} GPUs{sim} · cell: util%·mem%"
 
 
 def cell(device: GridDevice) -> Text:
@@ -85,7 +83,7 @@ class BackendGrid(Widget):
         width = self.size.width
         label_width = self._label_width(width)
         per_line = self._per_line(width)
-        lines = [legend()]
+        lines = [legend(self.backends)]
         if not self.backends:
             lines.append(Text("No backend is registered yet ('create backend' or a first moreh-run).", style="yellow"))
         for backend in self.backends:
