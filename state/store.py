@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from state.session import Session
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
+# What a damaged or unreadable file raises once open (a truncated file opens, then fails on its first read).
+_DAMAGE = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException, duckdb.FatalException)
 
 
 def _lock_timeout() -> float:
@@ -125,15 +127,29 @@ class StateStore:
                     "A value given is not valid UTF-8 text (it holds undecodable bytes); type it again as UTF-8, "
                     "or set the terminal's and LANG's encoding to UTF-8."
                 ) from None
+            if "Permission denied" in str(exc):  # e.g. the write-ahead log cannot be created in the directory
+                raise self._not_permitted() from None
+            if isinstance(exc, _DAMAGE):
+                raise StateUnavailableError(
+                    f"Cannot read or write the state file {self.path}: {_first_line(exc)}. If the disk is full, free "
+                    "space; if the file is damaged, move it away (a fresh one is created) or point MOREH_HOME "
+                    "elsewhere."
+                ) from None
             raise StateError(f"State database error: {_first_line(exc)}") from exc
         finally:
             conn.close()
 
     def _open(self) -> duckdb.DuckDBPyConnection:
+        if self.path.exists() and not self.path.is_file():  # DuckDB would block forever reading a FIFO
+            raise StateUnavailableError(
+                f"The state path {self.path} is not a regular file; move it away or point MOREH_HOME elsewhere."
+            )
         old_umask = os.umask(0o007)
         try:
             conn = duckdb.connect(str(self.path))
         except duckdb.Error as exc:
+            if "Permission denied" in str(exc):  # never advise moving away a file that is only not ours to open
+                raise self._not_permitted() from None
             raise StateUnavailableError(
                 f"Cannot open the state file {self.path}: {_first_line(exc)}. If it is corrupt or not a "
                 "moreh-tools state, move it away (a fresh one is created) or point MOREH_HOME elsewhere."
@@ -142,6 +158,13 @@ class StateStore:
             os.umask(old_umask)
         _never_world_writable(self.path)
         return conn
+
+    def _not_permitted(self) -> StateUnavailableError:
+        return StateUnavailableError(
+            f"Permission denied on the state in {self.home}: you may not write to it or to the files in it; "
+            "ask its owner for access (share it through a group, see the README) or set MOREH_HOME to a "
+            "directory you may write to."
+        )
 
     def _ensure_schema(self, conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         if migrations.is_latest(conn):  # the common case, without listing the catalog (a few ms per command)

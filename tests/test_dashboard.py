@@ -208,6 +208,29 @@ def test_refuses_without_a_terminal_and_points_at_plain_moreh_smi() -> None:
     assert "'moreh-smi'" in cli.NOT_A_TERMINAL
 
 
+def test_moreh_smi_dashboard_flag_through_the_console_script() -> None:
+    """``moreh-smi --dashboard`` piped refuses with the same line; its options need the flag and go alone."""
+    smi = str(BIN / "moreh-smi")
+
+    def line(*args: str) -> tuple[int, str]:
+        done = subprocess.run([smi, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+                              check=False)
+        assert done.stdout == ""
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        return done.returncode, done.stderr.strip()
+
+    assert line("--dashboard") == (1, cli.NOT_A_TERMINAL)
+    assert line("--dashboard", "--interval", "2", "--read-only") == (1, cli.NOT_A_TERMINAL)
+    code, message = line("--read-only")
+    assert (code, message) == (2, "moreh-smi: --interval and --read-only go with --dashboard (see 'moreh-smi --help').")
+    code, message = line("--dashboard", "-t")
+    assert code == 2
+    assert "--dashboard goes alone (not with -t)" in message
+    code, message = line("--dashboard", "--interval", "0")
+    assert code == 2
+    assert "--interval takes seconds from 0.2 to 3600" in message
+
+
 @pytest.mark.parametrize("value", ["0", "abc", "-1", "nan", "99999"])
 def test_bad_interval_is_one_line_and_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     """``--interval`` must be seconds in range; anything else is refused before the terminal check."""
@@ -298,7 +321,8 @@ def test_user_view_shows_devices_jobs_queue_place_and_history(cluster: Cluster) 
             assert "#2" in queued_line  # behind bob's job, which has the higher priority
             assert f"behind job {cluster.bob_queued}" in queued_line
             history_line = next(line for line in text.splitlines() if "python warmup.py" in line)
-            assert " 3 " in history_line and "failed" in history_line
+            assert " 3 " in history_line
+            assert "failed" in history_line
             assert "Admin view" not in text  # a USER token has no admin view
             assert "bob@example.com" not in text
 
@@ -404,13 +428,15 @@ def test_admin_view_shows_grid_queue_in_order_usage_and_events(cluster: Cluster)
             assert "admin view · root@example.com" in text
             assert "Cluster · 2 backends · 16 GPUs · cell: util%·mem%" in text
             assert " idle 12   preparing 0   processing 4   cleaning 0   shutdown 0 " in text
-            assert "1 node-1" in text and "2 node-2" in text
+            assert "1 node-1" in text
+            assert "2 node-2" in text
             assert "Jobs · 1 running · 2 queued, in scheduling order" in text
             assert table_keys(app, "#jobs") == [str(cluster.running), str(cluster.bob_queued), str(cluster.alice_queued)]
             assert "waiting for 8 device(s)" in text
             usage = app.query_one("#usage")
             assert [row.key.value for row in usage.ordered_rows] == [cluster.alice, cluster.bob]
-            assert "END_JOB" in text and "ALLOCATE_JOB" in text
+            assert "END_JOB" in text
+            assert "ALLOCATE_JOB" in text
             await pilot.press("u")
             await settle(app, pilot)
             assert "user view" in screen_text(app)
@@ -440,8 +466,7 @@ def test_admin_raises_a_priority_and_the_queue_order_changes(cluster: Cluster) -
             assert app.said == [f"Job {cluster.alice_queued} priority set to 50."]
             keys = table_keys(app, "#jobs")
             assert keys.index(str(cluster.alice_queued)) < keys.index(str(cluster.bob_queued))
-        status, priority = job_status(cluster.store, cluster.alice_queued)
-        assert priority == 50
+        assert job_status(cluster.store, cluster.alice_queued) == ("SUBMITTED", 50)
 
     run(scenario())
 
@@ -484,7 +509,9 @@ def test_read_only_hides_every_action(cluster: Cluster) -> None:
                 await settle(app, pilot)
                 footer = screen_text(app).splitlines()[-1]
                 assert "Quit" in footer
-                assert "Release" not in footer and "Priority" not in footer and "Model" not in footer
+                assert "Release" not in footer
+                assert "Priority" not in footer
+                assert "Model" not in footer
             await select_row(app, pilot, "#jobs", str(cluster.bob_queued))
             await pilot.press("x", "p")
             await pilot.pause()
@@ -669,8 +696,7 @@ def admin_snapshot() -> Snapshot:
     def device(index: int, status: str, util: int | None = None, used: int | None = None) -> GridDevice:
         return GridDevice(index, status, used, 81920 if used is not None else None, util, None, True)
 
-    node1 = tuple(device(i, "PROCESSING", 90 + i, 60000) for i in range(6)) + (
-        device(6, "CLEANING", 0, 1000), device(7, "IDLE", 0, 0))
+    node1 = (*tuple(device(i, "PROCESSING", 90 + i, 60000) for i in range(6)), device(6, "CLEANING", 0, 1000), device(7, "IDLE", 0, 0))
     node2 = tuple(device(i, "PREPARING") for i in range(4)) + tuple(device(i, "IDLE", 0, 0) for i in range(4, 8))
     node3 = tuple(device(i, "SHUTDOWN") for i in range(8))
     backends = (

@@ -609,18 +609,17 @@ def _might_wait(seed: Seed, argv: list[str], visible: str | None) -> bool:
 # -- the state file and its directory ----------------------------------------------------------------
 
 
-def smclient(*args: str, home: Path, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real console script (optionally as another user, to meet permissions root ignores)."""
+# Root ignores file permissions; without these two capabilities it meets them like anyone else.
+AS_MERE_OWNER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
+def smclient(*args: str, home: Path, without_root_powers: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real console script (optionally with root's permission override dropped)."""
     env = {**os.environ, "MOREH_HOME": str(home)}
     env.pop("MOREH_DEBUG", None)
-
-    def demote() -> None:
-        if user is not None:
-            os.setgid(user)
-            os.setuid(user)
-
-    return subprocess.run([str(BIN / "moreh_smclient"), *args], env=env, capture_output=True, text=True,
-                          timeout=60, preexec_fn=demote if user is not None else None, check=False)
+    prefix = AS_MERE_OWNER if without_root_powers and os.geteuid() == 0 else []
+    return subprocess.run([*prefix, str(BIN / "moreh_smclient"), *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
 
 
 def refusal(done: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -725,29 +724,42 @@ def test_a_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert home.read_text() == "precious"
 
 
-NOBODY = 65534
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
-def test_an_unwritable_state_directory_gives_a_clear_error(good_state: Path, moreh_home: Path) -> None:
-    """Someone who may not write the state gets told so, and what to do; the state is untouched."""
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root without setpriv")
+@pytest.mark.parametrize(
+    ("home_mode", "file_mode", "lock_mode", "reads_work"),
+    [
+        pytest.param(0o500, 0o660, 0o660, True, id="directory-read-only"),
+        pytest.param(0o500, 0o440, 0o440, False, id="all-read-only"),
+        pytest.param(0o700, 0o440, 0o660, False, id="state-file-read-only"),
+    ],
+)
+def test_an_unwritable_state_gives_a_clear_error_and_is_left_alone(
+    good_state: Path, moreh_home: Path, home_mode: int, file_mode: int, lock_mode: int, reads_work: bool
+) -> None:
+    """Someone who may not write the state is told so and what to do, never to move the file away."""
     before = good_state.read_bytes()
-    moreh_home.chmod(0o755)
-    good_state.chmod(0o644)
-    (moreh_home / "state.lock").chmod(0o644)
-    user = NOBODY if os.geteuid() == 0 else None  # root ignores permissions: try as nobody
-    if user is None:
-        moreh_home.chmod(0o500)
+    good_state.chmod(file_mode)
+    (moreh_home / "state.lock").chmod(lock_mode)
+    moreh_home.chmod(home_mode)
     try:
-        for line in ("show token", "create token x"):
-            line_ = refusal(smclient("-c", line, home=moreh_home, user=user), str(moreh_home))
-            assert "MOREH_HOME" in line_ or "may write" in line_, line_
-        fresh_home = moreh_home / "sub"
-        refusal(smclient("-c", "show token", home=fresh_home, user=user), "MOREH_HOME")
+        reading = smclient("-c", "show token", home=moreh_home, without_root_powers=True)
+        if reads_work:
+            assert reading.returncode == 0 and "precious_user" in reading.stdout, reading.stderr
+        else:
+            message = refusal(reading, str(moreh_home))
+            assert "move it away" not in message, message
+        message = refusal(smclient("-c", "create token x", home=moreh_home, without_root_powers=True), str(moreh_home))
+        assert "Permission denied" in message and "MOREH_HOME" in message, message
+        assert "move it away" not in message, message
+        if home_mode == 0o500:
+            message = refusal(smclient("-c", "show token", home=moreh_home / "sub", without_root_powers=True))
+            assert "MOREH_HOME" in message, message
     finally:
         moreh_home.chmod(0o700)
+        good_state.chmod(0o660)
     assert good_state.read_bytes() == before
     assert not (moreh_home / "sub").exists()
+    assert not (moreh_home / "state.duckdb.wal").exists()
 
 
 def test_a_world_writable_state_directory_is_refused(good_state: Path, moreh_home: Path) -> None:

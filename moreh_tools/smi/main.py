@@ -22,6 +22,7 @@ PROG = "moreh-smi"
 HELP = """\
 Usage: moreh-smi [-h | --help] [-r | --reset] [-s | --server-version] [-v | --version] [-t | --token] [-i | --idx device_id]
                  [-p] [--json] [device {--list | --add [model_id] | --rm [device_id] | --switch [device_id]}]
+                 [--dashboard [--interval seconds] [--read-only]]
 
 Basic Options:
   -h, --help             provide information about available command switches and their options
@@ -32,6 +33,9 @@ Basic Options:
   -i, --idx              select a device to print
   -p                     print the detailed hardware status of the GPUs behind the current device (or -i)
   --json                 print the status (default, -i, -t, -p, -s) as JSON
+  --dashboard            live full-screen view of your devices and jobs (the whole cluster for an admin);
+                         q quits, ? lists the keys; --interval seconds between refreshes (default 1),
+                         --read-only hides the release, priority and model actions
 
 Device Options:
   device --list                 list available models for adding device
@@ -69,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--idx", metavar="device_id")
     parser.add_argument("-p", dest="hardware", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--dashboard", action="store_true")
+    parser.add_argument("--interval")
+    parser.add_argument("--read-only", action="store_true")
     parser.add_argument("--list", action="store_true")
     # An option given without its value runs interactively, so "" (given, empty) differs from None (absent).
     for name in ("--add", "--rm", "--switch"):
@@ -89,6 +96,8 @@ def _run(argv: list[str]) -> int:
         print(HELP)
         return EXIT_OK
     device_action = _device_action(args)
+    if args.dashboard or args.interval is not None or args.read_only:
+        return _dashboard(args, device_action is not None)
     actions = [
         name
         for name, given in (
@@ -125,6 +134,21 @@ def _run(argv: list[str]) -> int:
     if args.reset:
         return _reset(store, token, args.idx)
     return _show(store, token, args)
+
+
+def _dashboard(args: argparse.Namespace, device_action: bool) -> int:
+    """``--dashboard``: Textual is imported only past this point, and only once the checks pass."""
+    if not args.dashboard:
+        raise UserError(f"{PROG}: --interval and --read-only go with --dashboard ({SEE_HELP}).", EXIT_USAGE)
+    others = [name for name, given in (("-r", args.reset), ("-s", args.server_version), ("-v", args.version),
+                                       ("-t", args.token), ("-p", args.hardware), ("-i", args.idx is not None),
+                                       ("--json", args.json), ("device", device_action)) if given]
+    if others:
+        raise UserError(f"{PROG}: --dashboard goes alone (not with {', '.join(others)}) ({SEE_HELP}).", EXIT_USAGE)
+    from moreh_tools.dashboard.cli import parse_interval, run
+
+    interval = parse_interval(args.interval) if args.interval is not None else 1.0
+    return run(interval=interval, read_only=args.read_only)
 
 
 def _device_action(args: argparse.Namespace) -> tuple[str, str | None] | None:
