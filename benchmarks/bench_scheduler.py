@@ -8,6 +8,7 @@ busy with running jobs, a few shut-down devices and reserved SDAs, and a queue m
 
 from __future__ import annotations
 
+import base64
 import random
 import shutil
 import time
@@ -17,7 +18,6 @@ from pathlib import Path
 from benchmarks import Figure, median, progress, run_standalone, scratch_dir, time_call
 from scheduler_core.scheduling import BackendState, DeviceKey, DeviceState, QueuedJob, schedule
 from state.store import StateStore
-from state.tokens import new_token_value
 
 BUSY_STATUSES = ("PROCESSING", "PROCESSING", "PREPARING", "CLEANING")
 JOB_SIZES = (1, 2, 4, 8, 16)
@@ -92,7 +92,11 @@ def make_scenario(size: Size, seed: int = 7) -> Scenario:
         if backend.active:
             hosts_by_group.setdefault(backend.group_id, []).append(backend.host)
 
-    tokens = {new_token_value(): 0 if rng.random() < 0.1 else 1 for _ in range(max(4, size.queued // 5))}
+    # Token values of the real shape (24 characters of URL-safe base64), but drawn from the seeded generator.
+    tokens = {
+        base64.urlsafe_b64encode(rng.randbytes(17)).decode(): 0 if rng.random() < 0.1 else 1
+        for _ in range(max(4, size.queued // 5))
+    }
     token_list = list(tokens)
     scenario = Scenario(backends, [], {}, set(), tokens)
     next_sda = 1

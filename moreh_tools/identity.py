@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,11 +36,14 @@ def find_token(explicit: str | None = None, env: Mapping[str, str] | None = None
 
 def host_name() -> str:
     """This host's name as a backend is registered under (MOREH_HOSTNAME overrides it, for tests)."""
-    return os.environ.get("MOREH_HOSTNAME") or socket.gethostname() or "localhost"
+    # uname's node name is what socket.gethostname() returns on POSIX, without loading socket (moreh-smi start-up).
+    return os.environ.get("MOREH_HOSTNAME") or os.uname().nodename or "localhost"
 
 
 def host_ip(name: str) -> str:
     """This host's address, or loopback when the name does not resolve."""
+    import socket
+
     try:
         return socket.gethostbyname(name)
     except OSError:

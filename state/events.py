@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from state.records import Event
+if TYPE_CHECKING:
+    from state.records import Event
 
 
 class EventLog:
@@ -32,6 +33,8 @@ class EventLog:
 
     def tail(self, count: int | None = None) -> list[Event]:
         """Return the newest ``count`` events (all when None), oldest first."""
+        from state.records import Event  # here, not above: every session makes an EventLog, few list events
+
         sql = "SELECT id, time, action, token, command, detail FROM events ORDER BY id DESC"
         rows = self.conn.execute(sql + (f" LIMIT {int(count)}" if count is not None else "")).fetchall()
         return [Event(*row) for row in reversed(rows)]

@@ -9,6 +9,8 @@ given to two jobs.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from scheduler_core.scheduling import Allocation, BackendState, Decision, Device
 from state.checks import check_priority
 from state.errors import ConflictError, InvalidValueError, NotFoundError
 from state.records import END_REASONS, JOB_STATUSES, DeviceRef, HistoryEntry, Job, TokenUsage
+from state.stats import LOCK_STATS_VAR, record_stat
 
 if TYPE_CHECKING:
     from state.session import Session
@@ -228,11 +231,14 @@ class JobRepository:
 
     def run_scheduling_pass(self) -> Decision:
         """Decide and apply allocations for the queue; return the decision (allocations and reasons)."""
+        started = time.perf_counter()
         backends, queue, active, reserved = self.scheduling_inputs()
         if not queue:
             return Decision((), {})
         decision = schedule(backends, queue, active, reserved)
         self._apply(decision.allocations)
+        if os.environ.get(LOCK_STATS_VAR):
+            record_stat("pass", time.perf_counter() - started)
         return decision
 
     def _apply(self, allocations: Sequence[Allocation]) -> None:

@@ -9,7 +9,6 @@ transaction or none of it (DuckDB's WAL), and the kernel drops its lock.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -17,12 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import duckdb
 from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    try:
+        # The engine alone: the `duckdb` package's Python layer (relational API, Arrow and pandas glue) takes
+        # ~50 ms to import, more than the rest of a `moreh-smi` run; the state needs only connect() and the errors.
+        import _duckdb as duckdb
+    except ImportError:  # older duckdb releases keep the engine inside the package
+        import duckdb
 
 from state import migrations
 from state.errors import InvalidValueError, StateBusyError, StateError, StateUnavailableError
 from state.paths import lock_file, state_file, state_home
+from state.stats import LOCK_STATS_VAR, record_stat
 
 if TYPE_CHECKING:
     from state.session import Session
@@ -107,11 +116,15 @@ class StateStore:
             raise StateUnavailableError(
                 f"Cannot lock {self.lock_path}: {exc.strerror}. Check that you may write to {self.home}."
             ) from None
-        self.lock_wait_s = time.perf_counter() - started
+        acquired = time.perf_counter()
+        self.lock_wait_s = acquired - started
         try:
             yield
         finally:
             lock.release()
+            if os.environ.get(LOCK_STATS_VAR):  # opt-in measurement (benchmarks/bench_soak.py); a dict lookup otherwise
+                record_stat("wait", self.lock_wait_s)
+                record_stat("hold", time.perf_counter() - acquired)
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -131,9 +144,9 @@ class StateStore:
                 raise self._not_permitted() from None
             if isinstance(exc, _DAMAGE):
                 raise StateUnavailableError(
-                    f"Cannot read or write the state file {self.path}: {_first_line(exc)}. If the disk is full, free "
-                    "space; if the file is damaged, move it away (a fresh one is created) or point MOREH_HOME "
-                    "elsewhere."
+                    f"State file {self.path} could not be read or written ({_first_line(exc)}). If the disk is "
+                    "full, free space; if the file is damaged, move it away (a fresh one is created) or point "
+                    "MOREH_HOME elsewhere."
                 ) from None
             raise StateError(f"State database error: {_first_line(exc)}") from exc
         finally:
@@ -183,6 +196,8 @@ class StateStore:
             conn.execute("CHECKPOINT")
             conn.close()
             backup = self.path.with_name(f"{self.path.name}.bak-v{version}-{int(time.time())}")
+            import shutil  # only here: a migration is rare and shutil is not otherwise loaded
+
             shutil.copy2(self.path, backup)
             conn = self._open()
         migrations.migrate(conn)

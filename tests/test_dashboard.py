@@ -65,8 +65,15 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 def screen_text(app: Any) -> str:
     """The screen as plain text, one line per terminal row (what a person reads, without colour)."""
     width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system=None,
-                      record=True, legacy_windows=False)
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system=None,
+        record=True,
+        legacy_windows=False,
+    )
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return "\n".join(line.rstrip() for line in console.export_text().splitlines())
 
@@ -137,8 +144,11 @@ class Cluster:
 
 
 def _submit(s: Any, token: str, sda: int, process: str, priority: int | None = None) -> int:
-    return int(s.jobs.submit(token, sda, host=JOB_HOST, launcher_pid=0, launcher_create_time=0.0,
-                             process_name=process, priority=priority).id)
+    return int(
+        s.jobs.submit(
+            token, sda, host=JOB_HOST, launcher_pid=0, launcher_create_time=0.0, process_name=process, priority=priority
+        ).id
+    )
 
 
 @pytest.fixture
@@ -200,8 +210,9 @@ def test_refuses_without_a_terminal_and_points_at_plain_moreh_smi() -> None:
         "print('textual loaded' if 'textual' in sys.modules else 'textual not loaded')\n"
         "sys.exit(status)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False
+    )
     assert done.returncode == 1
     assert done.stdout.strip() == "textual not loaded"
     assert done.stderr.splitlines() == [cli.NOT_A_TERMINAL]
@@ -213,8 +224,9 @@ def test_moreh_smi_dashboard_flag_through_the_console_script() -> None:
     smi = str(BIN / "moreh-smi")
 
     def line(*args: str) -> tuple[int, str]:
-        done = subprocess.run([smi, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
-                              check=False)
+        done = subprocess.run(
+            [smi, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False
+        )
         assert done.stdout == ""
         assert len(done.stderr.splitlines()) == 1, done.stderr
         return done.returncode, done.stderr.strip()
@@ -431,7 +443,11 @@ def test_admin_view_shows_grid_queue_in_order_usage_and_events(cluster: Cluster)
             assert "1 node-1" in text
             assert "2 node-2" in text
             assert "Jobs · 1 running · 2 queued, in scheduling order" in text
-            assert table_keys(app, "#jobs") == [str(cluster.running), str(cluster.bob_queued), str(cluster.alice_queued)]
+            assert table_keys(app, "#jobs") == [
+                str(cluster.running),
+                str(cluster.bob_queued),
+                str(cluster.alice_queued),
+            ]
             assert "waiting for 8 device(s)" in text
             usage = app.query_one("#usage")
             assert [row.key.value for row in usage.ordered_rows] == [cluster.alice, cluster.bob]
@@ -601,6 +617,63 @@ def test_grid_colours_follow_device_states(cluster: Cluster) -> None:
     run(scenario())
 
 
+def test_figures_refresh_on_the_interval_without_a_key(cluster: Cluster) -> None:
+    """New GPU samples in the state reach the bars within a few 0.2 s intervals, with no key pressed."""
+    from state.records import Device
+
+    async def scenario() -> None:
+        app = make_app(source_for(cluster, cluster.alice), interval=0.2)
+        async with app.run_test(notifications=True, size=(100, 30)) as pilot:
+            await settle(app, pilot)
+            assert " 77%" not in screen_text(app)
+            with cluster.store.transaction("test: samples") as s:
+                s.backends.record_samples(
+                    1,
+                    [
+                        Device(
+                            1, i, "PROCESSING", memory_total_mib=81920, memory_used_mib=40960, util_gpu=77, util_mem=5
+                        )
+                        for i in range(4)
+                    ],
+                )
+            await wait_for(pilot, lambda: " 77%" in screen_text(app))
+            figures = next(line for line in screen_text(app).splitlines() if " 77%" in line)
+            assert " 50%" in figures  # 40960 of 81920 MiB on each GPU
+            assert "160G/320G" in screen_text(app)
+
+    run(scenario())
+
+
+def test_draws_without_holding_the_state_lock(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every draw happens after the read released the state lock: another process could take it then."""
+    from filelock import FileLock
+
+    from moreh_tools.dashboard.app import DashboardApp
+
+    draws: list[bool] = []
+    original = DashboardApp._draw
+
+    def draw_checking_the_lock(self: Any, snapshot: Snapshot) -> None:
+        lock = FileLock(str(cluster.store.lock_path), timeout=0)
+        lock.acquire()  # raises Timeout (and fails the test) if the poll still held it
+        lock.release()
+        draws.append(True)
+        original(self, snapshot)
+
+    monkeypatch.setattr(DashboardApp, "_draw", draw_checking_the_lock)
+
+    async def scenario() -> None:
+        app = make_app(source_for(cluster, cluster.root))
+        async with app.run_test(notifications=True, size=(100, 30)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("a")
+            await settle(app, pilot)
+            assert "admin view" in screen_text(app)
+
+    run(scenario())
+    assert len(draws) == 2
+
+
 # -- polling ---------------------------------------------------------------------------------------------------------
 
 
@@ -655,37 +728,115 @@ CLOCK = datetime(2025, 6, 2, 12, 34, 56)
 
 
 def _gpu(index: int, util: int | None, used: int | None) -> GpuStatus:
-    return GpuStatus(backend_id=1, host="node-1", index=index, name=SIMULATED_GPU_NAME, memory_total_mib=81920,
-                     memory_used_mib=used, util_gpu=util, util_mem=util, temp_gpu=40, temp_mem=45)
+    return GpuStatus(
+        backend_id=1,
+        host="node-1",
+        index=index,
+        name=SIMULATED_GPU_NAME,
+        memory_total_mib=81920,
+        memory_used_mib=used,
+        util_gpu=util,
+        util_mem=util,
+        temp_gpu=40,
+        temp_mem=45,
+    )
 
 
 def user_snapshot(step: int) -> Snapshot:
     """Alice: device 1 (current) runs job 7 with climbing figures; device 2 waits with job 9 at #3."""
     util = min(20 + 8 * step, 96)
     memory = min(8000 + 6000 * step, 70000)
-    big = DeviceStatus(id=1, current=True, name="Moreh SDA", model="Large.256GB", model_group=None, model_devices=4,
-                       reserved=False, state="running", job_ids=(7,),
-                       gpus=tuple(_gpu(i, util - 2 * i, memory) for i in range(4)))
-    small = DeviceStatus(id=2, current=False, name="Moreh SDA", model="Small.64GB", model_group=None,
-                         model_devices=1, reserved=False, state="waiting", job_ids=(9,), gpus=())
+    big = DeviceStatus(
+        id=1,
+        current=True,
+        name="Moreh SDA",
+        model="Large.256GB",
+        model_group=None,
+        model_devices=4,
+        reserved=False,
+        state="running",
+        job_ids=(7,),
+        gpus=tuple(_gpu(i, util - 2 * i, memory) for i in range(4)),
+    )
+    small = DeviceStatus(
+        id=2,
+        current=False,
+        name="Moreh SDA",
+        model="Small.64GB",
+        model_group=None,
+        model_devices=1,
+        reserved=False,
+        state="waiting",
+        job_ids=(9,),
+        gpus=(),
+    )
     reason = "behind job 8 (priority 10) in backend group 0"
-    status = SmiStatus(token="t", current_version="0.1.0", latest_version="0.1.0", max_devices=3, current_device=1,
-                       devices=(big, small), processes=(),
-                       waiting=(WaitingJob(device=2, job_id=9, pid=4242, process="python eval.py", position=3,
-                                           reason=reason),))
+    status = SmiStatus(
+        token="t",
+        current_version="0.1.0",
+        latest_version="0.1.0",
+        max_devices=3,
+        current_device=1,
+        devices=(big, small),
+        processes=(),
+        waiting=(WaitingJob(device=2, job_id=9, pid=4242, process="python eval.py", position=3, reason=reason),),
+    )
     jobs = (
-        JobRow(7, "t", "alice@example.com", 1, "RUNNING", 0, 4, "node-1", "python train.py --epochs 90", None, "",
-               CLOCK - timedelta(minutes=20), CLOCK - timedelta(minutes=12, seconds=5), "node-1:0-3"),
-        JobRow(9, "t", "alice@example.com", 2, "QUEUED", 0, 1, "node-1", "python eval.py", 3, reason,
-               CLOCK - timedelta(minutes=2, seconds=30), None, ""),
+        JobRow(
+            7,
+            "t",
+            "alice@example.com",
+            1,
+            "RUNNING",
+            0,
+            4,
+            "node-1",
+            "python train.py --epochs 90",
+            None,
+            "",
+            CLOCK - timedelta(minutes=20),
+            CLOCK - timedelta(minutes=12, seconds=5),
+            "node-1:0-3",
+        ),
+        JobRow(
+            9,
+            "t",
+            "alice@example.com",
+            2,
+            "QUEUED",
+            0,
+            1,
+            "node-1",
+            "python eval.py",
+            3,
+            reason,
+            CLOCK - timedelta(minutes=2, seconds=30),
+            None,
+            "",
+        ),
     )
     history = (
-        HistoryRow(6, 1, "python train.py --epochs 1", 0, "finished", CLOCK - timedelta(hours=1, minutes=5),
-                   CLOCK - timedelta(minutes=40)),
-        HistoryRow(5, 2, "python eval.py --bad-flag", 2, "failed", CLOCK - timedelta(hours=2),
-                   CLOCK - timedelta(hours=2) + timedelta(seconds=4)),
-        HistoryRow(4, 1, "python sweep.py", None, "released", CLOCK - timedelta(days=1, hours=3),
-                   CLOCK - timedelta(days=1)),
+        HistoryRow(
+            6,
+            1,
+            "python train.py --epochs 1",
+            0,
+            "finished",
+            CLOCK - timedelta(hours=1, minutes=5),
+            CLOCK - timedelta(minutes=40),
+        ),
+        HistoryRow(
+            5,
+            2,
+            "python eval.py --bad-flag",
+            2,
+            "failed",
+            CLOCK - timedelta(hours=2),
+            CLOCK - timedelta(hours=2) + timedelta(seconds=4),
+        ),
+        HistoryRow(
+            4, 1, "python sweep.py", None, "released", CLOCK - timedelta(days=1, hours=3), CLOCK - timedelta(days=1)
+        ),
     )
     return Snapshot(CLOCK, daemon_running=True, user=UserData(status, jobs, history))
 
@@ -696,7 +847,11 @@ def admin_snapshot() -> Snapshot:
     def device(index: int, status: str, util: int | None = None, used: int | None = None) -> GridDevice:
         return GridDevice(index, status, used, 81920 if used is not None else None, util, None, True)
 
-    node1 = (*tuple(device(i, "PROCESSING", 90 + i, 60000) for i in range(6)), device(6, "CLEANING", 0, 1000), device(7, "IDLE", 0, 0))
+    node1 = (
+        *tuple(device(i, "PROCESSING", 90 + i, 60000) for i in range(6)),
+        device(6, "CLEANING", 0, 1000),
+        device(7, "IDLE", 0, 0),
+    )
     node2 = tuple(device(i, "PREPARING") for i in range(4)) + tuple(device(i, "IDLE", 0, 0) for i in range(4, 8))
     node3 = tuple(device(i, "SHUTDOWN") for i in range(8))
     backends = (
@@ -705,11 +860,34 @@ def admin_snapshot() -> Snapshot:
         GridBackend(3, "node-3", "SHUTDOWN", "default_backend_group", node3),
     )
 
-    def job(jid: int, owner: str, status: str, position: int | None, reason: str, devices: int, priority: int,
-            process: str, placed: str = "") -> JobRow:
+    def job(
+        jid: int,
+        owner: str,
+        status: str,
+        position: int | None,
+        reason: str,
+        devices: int,
+        priority: int,
+        process: str,
+        placed: str = "",
+    ) -> JobRow:
         started = CLOCK - timedelta(minutes=jid) if status != "QUEUED" else None
-        return JobRow(jid, f"tok{jid}", owner, jid, status, priority, devices, "node-1", process, position, reason,
-                      CLOCK - timedelta(minutes=30 + jid), started, placed)
+        return JobRow(
+            jid,
+            f"tok{jid}",
+            owner,
+            jid,
+            status,
+            priority,
+            devices,
+            "node-1",
+            process,
+            position,
+            reason,
+            CLOCK - timedelta(minutes=30 + jid),
+            started,
+            placed,
+        )
 
     running = (
         job(11, "alice@example.com", "RUNNING", None, "", 4, 0, "python train.py", "node-1:0-3"),
@@ -717,12 +895,36 @@ def admin_snapshot() -> Snapshot:
         job(13, "dave@example.com", "SUBMITTED", None, "", 4, 0, "python prep.py", "node-2:0-3"),
     )
     queue = (
-        job(14, "bob@example.com", "QUEUED", 1, "waiting for 8 device(s): 3 of 8 idle in backend group 0", 8, 20,
-            "python big.py"),
-        job(15, "erin@example.com", "QUEUED", 2, "behind job 14 (priority 20) in backend group 0", 1, 0,
-            "python small.py"),
-        job(16, "alice@example.com", "QUEUED", 3, "behind job 14 (priority 20) in backend group 0", 2, -5,
-            "python eval.py"),
+        job(
+            14,
+            "bob@example.com",
+            "QUEUED",
+            1,
+            "waiting for 8 device(s): 3 of 8 idle in backend group 0",
+            8,
+            20,
+            "python big.py",
+        ),
+        job(
+            15,
+            "erin@example.com",
+            "QUEUED",
+            2,
+            "behind job 14 (priority 20) in backend group 0",
+            1,
+            0,
+            "python small.py",
+        ),
+        job(
+            16,
+            "alice@example.com",
+            "QUEUED",
+            3,
+            "behind job 14 (priority 20) in backend group 0",
+            2,
+            -5,
+            "python eval.py",
+        ),
     )
     usage = (
         UsageRow("tok11", "alice@example.com", 31.5, 6, 1, 1),
@@ -748,8 +950,9 @@ class FixedSource:
     """Canned snapshots: each fetch of the user view takes the next step (the last one repeats)."""
 
     def __init__(self, admin: bool) -> None:
-        self.access = Access("t" if not admin else None, "alice@example.com" if not admin else "state at /srv/moreh",
-                             admin=admin)
+        self.access = Access(
+            "t" if not admin else None, "alice@example.com" if not admin else "state at /srv/moreh", admin=admin
+        )
         self.step = 0
 
     def fetch(self, view: View) -> Snapshot:

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BIN, Result, Smc, dump_state, start_running_job
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from conftest import BIN, Result, Smc, dump_state, start_running_job
 from invariants import violations
 
 EXAMPLES = int(os.environ.get("MOREH_FUZZ_EXAMPLES", "200"))
@@ -342,7 +341,7 @@ def console_lines(draw: st.DrawFn, seed: Seed) -> str:
         return draw(st.one_of(st.text(max_size=200), st.sampled_from(HOSTILE)))
     cmd = draw(st.sampled_from(COMMANDS))
     low, high = cmd.arg_range
-    count = draw(st.integers(max(0, low - 1), high + 1))
+    count = draw(st.one_of(st.integers(low, high), st.integers(max(0, low - 1), high + 1)))
     args = draw(st.lists(argument(seed), min_size=count, max_size=count))
     return " ".join([cmd.name, *(shlex.quote(a) for a in args)])
 
@@ -540,7 +539,7 @@ def moreh_run_argv(draw: st.DrawFn, seed: Seed) -> list[str]:
 @pytest.fixture
 def no_hang() -> Iterator[None]:
     """A launcher that waited in the queue would hang the suite: dump the stacks and stop instead."""
-    faulthandler.dump_traceback_later(240, exit=True, file=sys.__stderr__)
+    faulthandler.dump_traceback_later(240, exit=True, file=sys.__stderr__ or sys.stderr)
     yield
     faulthandler.cancel_dump_traceback_later()
 
@@ -666,8 +665,12 @@ def test_a_damaged_write_ahead_log_is_refused_and_left_alone(good_state: Path, m
     wal.write_bytes(os.urandom(5000))
     before = (good_state.read_bytes(), wal.read_bytes())
     done = smclient("-c", "show token", home=moreh_home)
-    if done.returncode == 0:  # DuckDB may discard a log it cannot read as a torn write: the token is still there
+    if done.returncode == 0:  # DuckDB discards a log it cannot read as a torn write: the token is still there
         assert "precious_user" in done.stdout
+        assert smclient("-c", "create token after_wal", home=moreh_home).returncode == 0
+        shown = smclient("-c", "show token", home=moreh_home).stdout
+        assert "precious_user" in shown
+        assert "after_wal" in shown
     else:
         refusal(done, "move it away")
         assert (good_state.read_bytes(), wal.read_bytes()) == before
@@ -744,12 +747,14 @@ def test_an_unwritable_state_gives_a_clear_error_and_is_left_alone(
     try:
         reading = smclient("-c", "show token", home=moreh_home, without_root_powers=True)
         if reads_work:
-            assert reading.returncode == 0 and "precious_user" in reading.stdout, reading.stderr
+            assert reading.returncode == 0, reading.stderr
+            assert "precious_user" in reading.stdout
         else:
             message = refusal(reading, str(moreh_home))
             assert "move it away" not in message, message
         message = refusal(smclient("-c", "create token x", home=moreh_home, without_root_powers=True), str(moreh_home))
-        assert "Permission denied" in message and "MOREH_HOME" in message, message
+        assert "Permission denied" in message, message
+        assert "MOREH_HOME" in message or "may write" in message, message
         assert "move it away" not in message, message
         if home_mode == 0o500:
             message = refusal(smclient("-c", "show token", home=moreh_home / "sub", without_root_powers=True))
@@ -836,5 +841,53 @@ def test_a_failed_migration_leaves_the_state_as_it_was(
     assert len(_backups(moreh_home)) == 1
     monkeypatch.undo()
     monkeypatch.setenv("MOREH_HOME", str(moreh_home))
-    assert migrations.LATEST_VERSION == old_version
+    assert old_version == migrations.LATEST_VERSION
     assert dump_state() == old_rows, "a failed migration changed the state"
+
+
+# -- regressions: what the fuzzer found ------------------------------------------------------------
+
+
+def test_an_argument_with_a_newline_still_gives_one_error_line(smc: Smc) -> None:
+    """Found by the fuzzer: 'get token "a<newline>b"' printed an error split over two lines."""
+    result = smc("get token 'a\nb\x1b[2J'")
+    message = one_error_line(result.err, "get token", "Error: ")
+    assert "a\\nb\\x1b[2J" in message
+
+
+def test_user_tools_escape_control_characters_in_their_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moreh_tools.launcher.cli import main as moreh_run
+    from moreh_tools.smi.main import main as moreh_smi
+
+    monkeypatch.setenv("MOREH_SDA_TOKEN", "nobody")
+    assert moreh_smi(["device", "x\ny"]) == 2
+    assert "x\\ny" in one_error_line(capsys.readouterr().err, "moreh-smi", "moreh-smi: ")
+    assert moreh_run(["--", "no\nsuch-command"]) == 1
+    assert "no\\nsuch-command" in one_error_line(capsys.readouterr().err, "moreh-run", "moreh-run: ")
+
+
+def test_undecodable_bytes_in_argv_get_a_clear_error(moreh_home: Path, smc: Smc) -> None:
+    """Found by the fuzzer: a byte that is not UTF-8 reached DuckDB and came back as its conversion error."""
+    assert smc("create token someone").code == 0
+    env = {**os.environ, "MOREH_HOME": str(moreh_home), "MOREH_FAKE_GPUS": "8", "MOREH_HOSTNAME": LOCAL_HOST}
+    env.pop("MOREH_DEBUG", None)
+    runs = {
+        "moreh_smclient": [str(BIN / "moreh_smclient").encode(), b"-c", b"get token \xff\xfe"],
+        "moreh-run": [str(BIN / "moreh-run").encode(), b"--token", b"\xff", b"true"],
+    }
+    for name, argv in runs.items():
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+        err = done.stderr.decode("utf-8", "replace")
+        assert done.returncode == 1, (name, err)
+        line = one_error_line(err, name)
+        assert "UTF-8" in line, (name, line)
+        assert "database error" not in line, (name, line)
+    env_token = {**env, "MOREH_SDA_TOKEN": "\udcff"}  # the variable held the byte 0xff
+    for tool in ("moreh-smi", "moreh-switch-model"):
+        done = subprocess.run([str(BIN / tool)], env=env_token, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=60, check=False)
+        line = one_error_line(done.stderr.decode("utf-8", "replace"), tool)
+        assert done.returncode == 1, (tool, line)
+        assert "UTF-8" in line, (tool, line)

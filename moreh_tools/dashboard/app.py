@@ -142,7 +142,11 @@ class DashboardApp(App[None]):
             self._timer = None
         self._polling = True
         self.run_worker(
-            partial(self.source.fetch, self.view), name="poll", group="poll", thread=True, exclusive=True,
+            partial(self.source.fetch, self.view),
+            name="poll",
+            group="poll",
+            thread=True,
+            exclusive=True,
             exit_on_error=False,
         )
 
@@ -315,7 +319,9 @@ class DashboardApp(App[None]):
 
     def _choices_ready(self, choices: ModelChoices) -> None:
         if choices.busy is not None:
-            self.say(f"The model cannot be switched while {choices.busy}; wait for it to end or release it (x).", "warning")
+            self.say(
+                f"The model cannot be switched while {choices.busy}; wait for it to end or release it (x).", "warning"
+            )
             return
         if not choices.options:
             self.say("This token may use no SDA model; ask your administrator.", "warning")

@@ -325,7 +325,12 @@ def _job_row(job: Job, owner: str, position: int | None, reason: str) -> JobRow:
 
 def _history_row(entry: HistoryEntry) -> HistoryRow:
     return HistoryRow(
-        entry.id, entry.sda_id, entry.process_name, entry.exit_code, entry.end_reason, entry.start_time,
+        entry.id,
+        entry.sda_id,
+        entry.process_name,
+        entry.exit_code,
+        entry.end_reason,
+        entry.start_time,
         entry.end_time,
     )
 
@@ -400,7 +405,9 @@ def gather_usage(s: Session, now: datetime, jobs: Sequence[JobRow]) -> tuple[Usa
         owners[job.token] = job.owner
     used = s.jobs.usage(now - USAGE_WINDOW, now)
     rows = [
-        UsageRow(u.token, u.description, u.device_seconds / 3600, u.jobs, running.get(u.token, 0), queued.get(u.token, 0))
+        UsageRow(
+            u.token, u.description, u.device_seconds / 3600, u.jobs, running.get(u.token, 0), queued.get(u.token, 0)
+        )
         for u in used
     ]
     # Tokens that only wait (or only just started) have used nothing yet but belong in the table.
@@ -477,8 +484,11 @@ class StateSource:
             return self.fetch(view, resample=False)
         cache.structure, cache.samples = structure, samples
         return Snapshot(
-            now, daemon, user=cache.user if view == "user" else None,
-            admin=cache.admin if view == "admin" else None, changed=changed,
+            now,
+            daemon,
+            user=cache.user if view == "user" else None,
+            admin=cache.admin if view == "admin" else None,
+            changed=changed,
         )
 
     def _fetch_admin(

@@ -19,7 +19,7 @@ from state.records import PRIORITY_MAX, PRIORITY_MIN
 HELP_KEYS = (
     ("q", "quit"),
     ("?", "this help"),
-    ("u / a", "user view / admin view (admin: an ADMIN token, or the state itself)"),
+    ("u / a", "user view / admin view (ADMIN token, or access to the state)"),
     ("tab", "next table; arrows and PgUp/PgDn move the cursor"),
     ("r", "refresh now"),
 )
@@ -56,7 +56,7 @@ class HelpScreen(ModalScreen[None]):
             text.append(f" {state.lower()} ", style=style)
             text.append(" ")
         text.append("\nBars and sparklines: green below 50 %, yellow below 85 %, red above.\n")
-        text.append("'simulated': figures from the simulated GPUs (MOREH_FAKE_GPUS), not hardware.")
+        text.append("'simulated': figures of simulated GPUs (MOREH_FAKE_GPUS), not hardware.")
         with Vertical(id="help-box", classes="dialog"):
             yield Static(text, id="help-text")
 

@@ -1,12 +1,12 @@
 """Entry point of ``moreh-smi``.
 
-Only argparse is imported up front: ``--help`` and ``-v`` never load DuckDB, and the status views
-load NVML or psutil only when the token has a job on this host whose figures need refreshing.
+Nothing heavy is imported up front (argparse only once there are options): ``--help`` and ``-v``
+never load DuckDB, and the status views load NVML or psutil only when the token has a job on this
+host whose figures need refreshing.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -14,6 +14,8 @@ from moreh_tools import __version__
 from moreh_tools.smi.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError, run_tool
 
 if TYPE_CHECKING:
+    import argparse
+
     from moreh_tools.smi.status import SmiStatus
     from state.store import StateStore
 
@@ -58,12 +60,13 @@ The token comes from MOREH_SDA_TOKEN, else from the file MOREH_TOKEN_FILE names 
 SEE_HELP = f"see '{PROG} --help'"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{PROG}: {message} ({SEE_HELP}).", EXIT_USAGE)
-
-
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UserError(f"{PROG}: {message} ({SEE_HELP}).", EXIT_USAGE)
+
     parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("-r", "--reset", action="store_true")
@@ -91,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    if not argv:  # the plain status, what `watch moreh-smi` repeats: no parser to import and build
+        from moreh_tools.smi.common import find_token
+        from state.store import StateStore
+
+        store = StateStore()
+        return _show(store, find_token(), idx=None, tokens=False, hardware=False, as_json=False)
     args = _parser().parse_args(argv)
     if args.help:
         print(HELP)
@@ -133,7 +142,7 @@ def _run(argv: list[str]) -> int:
         return device_cli.run(store, token, device_action[0], device_action[1], " ".join([PROG, *argv]))
     if args.reset:
         return _reset(store, token, args.idx)
-    return _show(store, token, args)
+    return _show(store, token, idx=args.idx, tokens=args.token, hardware=args.hardware, as_json=args.json)
 
 
 def _dashboard(args: argparse.Namespace, device_action: bool) -> int:
@@ -190,29 +199,30 @@ def _selected(status: SmiStatus, idx: str | None) -> SmiStatus:
     return status.only(int(idx))
 
 
-def _show(store: StateStore, token: str, args: argparse.Namespace) -> int:
+def _show(store: StateStore, token: str, *, idx: str | None, tokens: bool, hardware: bool, as_json: bool) -> int:
+    """The status views: plain, ``-t`` (``tokens``), ``-p`` (``hardware``), each narrowed by ``-i`` and as ``--json``."""
     from moreh_tools.smi import render
     from moreh_tools.smi.status import read_status
 
-    status = _selected(read_status(store, token, refresh=not args.token), args.idx)
-    if args.hardware:
-        device_id = int(args.idx) if args.idx is not None else status.current_device
+    status = _selected(read_status(store, token, refresh=not tokens), idx)
+    if hardware:
+        device_id = int(idx) if idx is not None else status.current_device
         device = status.device(device_id) if device_id is not None else None
         if device is None:
             raise UserError("This token has no current device; add one with 'moreh-smi device --add'.")
-        if args.json:
+        if as_json:
             return _print_json({"device": device.id, "gpus": status.only(device.id).to_dict()["devices"][0]["gpus"]})
         print(render.gpu_table(device))
         return EXIT_OK
-    if args.json:
+    if as_json:
         data = status.to_dict()
-        if args.token:
+        if tokens:
             data = {
                 "token": token,
                 "devices": [{"device": d.id, "current": d.current, "model": d.model} for d in status.devices],
             }
         return _print_json(data)
-    print(render.token_table(status) if args.token else render.status_text(status))
+    print(render.token_table(status) if tokens else render.status_text(status))
     return EXIT_OK
 
 

@@ -29,7 +29,8 @@ def summary(backends: Sequence[GridBackend]) -> str:
     """``60 backends · 480 GPUs (simulated) · cell: util%·mem%`` for the panel title."""
     total = sum(len(b.devices) for b in backends)
     sim = " (simulated)" if backends and all(b.simulated for b in backends) else ""
-    return f"{len(backends)} backends · {total} GPUs{sim} · cell: util%·mem%"
+    plural = "" if len(backends) == 1 else "s"
+    return f"{len(backends)} backend{plural} · {total} GPU{'' if total == 1 else 's'}{sim} · cell: util%·mem%"
 
 
 def cell(device: GridDevice) -> Text:
