@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from scheduler_core.scheduling import Allocation, BackendState, Decision, DeviceState, QueuedJob, schedule
+from scheduler_core.scheduling import Allocation, BackendState, Decision, QueuedJob, schedule
 from state.checks import check_priority
 from state.errors import ConflictError, InvalidValueError, NotFoundError
+from state.queue import queue_positions, scheduling_inputs
 from state.records import END_REASONS, JOB_STATUSES, DeviceRef, HistoryEntry, Job, TokenUsage
 from state.stats import LOCK_STATS_VAR, record_stat
 
@@ -33,10 +34,6 @@ _HISTORY_COLUMNS = (
     "id, token, sda_id, priority, host, pid, process_name, client_version, device_count, devices, request_time, "
     "start_time, end_time, exit_code, end_reason"
 )
-
-
-def _epoch(value: datetime | None) -> float:
-    return value.timestamp() if value is not None else 0.0
 
 
 class JobRepository:
@@ -103,11 +100,7 @@ class JobRepository:
 
     def queue_position(self, job_id: int) -> int | None:
         """Return the 1-based position of a QUEUED job in scheduling order."""
-        rows = self.s.all("SELECT id FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, request_time, id")
-        for position, (jid,) in enumerate(rows, start=1):
-            if jid == job_id:
-                return position
-        return None
+        return queue_positions(self.s).get(job_id)
 
     # -- submission ----------------------------------------------------------------------------
 
@@ -189,45 +182,7 @@ class JobRepository:
 
     def scheduling_inputs(self) -> tuple[list[BackendState], list[QueuedJob], dict[int, int], set[tuple[int, int]]]:
         """Snapshot what the scheduler needs: backends, the queue, active jobs per SDA, reserved devices."""
-        devices: dict[int, list[DeviceState]] = {}
-        for backend_id, idx, status in self.s.all("SELECT backend_id, idx, status FROM devices ORDER BY 1, 2"):
-            devices.setdefault(backend_id, []).append(DeviceState(backend_id, idx, status))
-        backends = [
-            BackendState(bid, host, gid, status == "ACTIVE", tuple(devices.get(bid, ())))
-            for bid, host, gid, status in self.s.all("SELECT id, host, group_id, status FROM backends ORDER BY id")
-        ]
-        reservations: dict[int, list[tuple[int, int]]] = {}
-        for sda_id, backend_id, idx in self.s.all("SELECT sda_id, backend_id, device_index FROM sda_reservations"):
-            reservations.setdefault(sda_id, []).append((backend_id, idx))
-        host_backend = {host: bid for bid, host in self.s.all("SELECT id, host FROM backends")}
-        queue: list[QueuedJob] = []
-        for jid, token, sda_id, priority, request_time, count, host, group, duplicable in self.s.all(
-            "SELECT j.id, j.token, j.sda_id, j.priority, j.request_time, j.device_count, j.host, "
-            "coalesce(g.backend_group_id, 0), t.duplicable "
-            "FROM jobs j JOIN sdas s ON s.id = j.sda_id JOIN tokens t ON t.value = j.token "
-            "LEFT JOIN model_groups g ON g.id = s.model_group_id WHERE j.status = 'QUEUED'"
-        ):
-            local = host_backend.get(host)
-            queue.append(
-                QueuedJob(
-                    id=int(jid),
-                    token=token,
-                    sda_id=int(sda_id),
-                    priority=int(priority),
-                    request_time=_epoch(request_time),
-                    device_count=int(count),
-                    backend_group_id=int(group),
-                    sda_limit=int(duplicable),
-                    reserved_devices=tuple(sorted(reservations.get(int(sda_id), ()))),
-                    allowed_backends=frozenset({local}) if local is not None else frozenset(),
-                )
-            )
-        active = {
-            int(sda): int(n)
-            for sda, n in self.s.all("SELECT sda_id, count(*) FROM jobs WHERE status <> 'QUEUED' GROUP BY sda_id")
-        }
-        reserved = {(b, i) for held in reservations.values() for b, i in held}
-        return backends, queue, active, reserved
+        return scheduling_inputs(self.s)
 
     def run_scheduling_pass(self) -> Decision:
         """Decide and apply allocations for the queue; return the decision (allocations and reasons)."""

@@ -53,10 +53,15 @@ def check_token(s: Session, token: str) -> Token:
     try:
         return s.tokens.get(token)
     except NotFoundError:
-        raise UserError(
-            f"Invalid SDA token (moreh::InvalidToken.): the token from {token_source()} is not known to the "
-            "SDA manager; check it or ask your administrator."
-        ) from None
+        raise unknown_token() from None
+
+
+def unknown_token() -> UserError:
+    """The refusal of a token the state does not know."""
+    return UserError(
+        f"Invalid SDA token (moreh::InvalidToken.): the token from {token_source()} is not known to the "
+        "SDA manager; check it or ask your administrator."
+    )
 
 
 def run_tool(name: str, body: Callable[[], int]) -> int:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from moreh_tools import __version__
-from moreh_tools.smi.common import DEVICE_NAME, check_token
+from moreh_tools.smi.common import DEVICE_NAME, unknown_token
 
 if TYPE_CHECKING:
-    from state.records import SDA, Job
     from state.session import Session
     from state.store import StateStore
 
@@ -194,8 +193,10 @@ def read_status(store: StateStore, token: str, *, refresh: bool = False) -> SmiS
 
     host = identity.host_name()
     with store.reading() as s:
-        status = collect_status(s, token)
-        stale = refresh and samples_stale(s, token, host)
+        status, jobs = _collect(s, token)
+        # Only a job of the token holding GPUs on this host can have figures to refresh here.
+        here = any(j.host == host and j.status in _ACTIVE for j in jobs)
+        stale = refresh and here and samples_stale(s, token, host)
     if stale and refresh_samples(store, host):
         with store.reading() as s:
             status = collect_status(s, token)
@@ -217,40 +218,69 @@ def samples_stale(s: Session, token: str, host: str) -> bool:
     return bool(row[1] != row[0] or float(row[2]) > SAMPLE_MAX_AGE_S)
 
 
+class _Job(NamedTuple):
+    """What the status shows of one of the token's jobs."""
+
+    id: int
+    sda_id: int
+    status: str
+    host: str
+    pid: int | None
+    launcher_pid: int | None
+    process_name: str
+
+
 def collect_status(s: Session, token: str) -> SmiStatus:
     """Gather the token's devices, jobs and GPU figures from one session (reads only)."""
-    owner = check_token(s, token)
-    sdas = s.sdas.of_token(token)
-    jobs = s.jobs.of_token(token)
-    models = {m.id: m for m in s.models.all()}
-    group_names = {g.id: g.name for g in s.model_groups.all()} if any(x.model_group_id for x in sdas) else {}
-    gpus = _gpus(s, sdas)
+    return _collect(s, token)[0]
+
+
+def _collect(s: Session, token: str) -> tuple[SmiStatus, list[_Job]]:
+    # Queries shaped for this view rather than the repositories' records: `watch moreh-smi` pays
+    # for each query and each imported module at every start.
+    owner = s.one(
+        "SELECT current_sda, max_sda, (SELECT version FROM versions WHERE latest LIMIT 1) FROM tokens WHERE value = ?",
+        [token],
+    )
+    if owner is None:
+        raise unknown_token()
+    current_sda, max_sda, latest = owner
+    jobs = [
+        _Job(*row)
+        for row in s.all(
+            "SELECT id, sda_id, status, host, pid, launcher_pid, process_name FROM jobs WHERE token = ? ORDER BY id",
+            [token],
+        )
+    ]
+    gpus = _gpus(s, token)
+    sdas = s.all(
+        "SELECT s.id, s.reserved, m.name, m.devices, g.name FROM sdas s "
+        "LEFT JOIN sda_models m ON m.id = s.model_id LEFT JOIN model_groups g ON g.id = s.model_group_id "
+        "WHERE s.token = ? ORDER BY s.id",
+        [token],
+    )
     devices = tuple(
-        _device(sda, owner.current_sda, models, group_names, [j for j in jobs if j.sda_id == sda.id], gpus)
-        for sda in sdas
+        _device(sda, current_sda, [j for j in jobs if j.sda_id == sda[0]], gpus.get(sda[0], ())) for sda in sdas
     )
     active = [j for j in jobs if j.status in _ACTIVE]
     queued = [j for j in jobs if j.status == "QUEUED"]
-    return SmiStatus(
+    status = SmiStatus(
         token=token,
         current_version=__version__,
-        latest_version=s.versions.latest() or "",
-        max_devices=owner.max_sda,
-        current_device=owner.current_sda,
+        latest_version=latest or "",
+        max_devices=max_sda,
+        current_device=current_sda,
         devices=devices,
         processes=tuple(_processes(s, active)),
         waiting=tuple(_waiting(s, queued)),
     )
+    return status, jobs
 
 
 def _device(
-    sda: SDA,
-    current: int | None,
-    models: dict[int, Any],
-    group_names: dict[int, str],
-    jobs: list[Job],
-    gpus: dict[tuple[int, int], GpuStatus],
+    sda: tuple[Any, ...], current: int | None, jobs: list[_Job], gpus: tuple[GpuStatus, ...]
 ) -> DeviceStatus:
+    sda_id, reserved, model_name, model_devices, group_name = sda
     statuses = {j.status for j in jobs}
     if "RUNNING" in statuses:
         state = "running"
@@ -260,36 +290,40 @@ def _device(
         state = "waiting"
     else:
         state = "idle"
-    model = models.get(sda.model_id)
     return DeviceStatus(
-        id=sda.id,
-        current=sda.id == current,
+        id=sda_id,
+        current=sda_id == current,
         name=DEVICE_NAME,
-        model=model.name if model is not None else "-",
-        model_group=group_names.get(sda.model_group_id) if sda.model_group_id is not None else None,
-        model_devices=model.devices if model is not None else 0,
-        reserved=sda.reserved,
+        model=model_name if model_name is not None else "-",
+        model_group=group_name,
+        model_devices=model_devices if model_devices is not None else 0,
+        reserved=reserved,
         state=state,
         job_ids=tuple(j.id for j in jobs),
-        gpus=tuple(gpus[(d.backend_id, d.index)] for d in sda.devices if (d.backend_id, d.index) in gpus),
+        gpus=gpus,
     )
 
 
-def _gpus(s: Session, sdas: list[SDA]) -> dict[tuple[int, int], GpuStatus]:
-    wanted = {(d.backend_id, d.index) for sda in sdas for d in sda.devices}
-    if not wanted:
-        return {}
-    backends = sorted({b for b, _ in wanted})
+def _gpus(s: Session, token: str) -> dict[int, tuple[GpuStatus, ...]]:
+    """The GPUs behind each of the token's SDAs (those it reserves and those its jobs hold), in device order."""
     rows = s.all(
-        "SELECT d.backend_id, b.host, d.idx, coalesce(d.name, ''), d.memory_total_mib, d.memory_used_mib, "
-        "d.util_gpu, d.util_mem, d.temp_gpu, d.temp_mem FROM devices d JOIN backends b ON b.id = d.backend_id "
-        f"WHERE d.backend_id IN ({', '.join('?' for _ in backends)}) ORDER BY 1, 3",
-        list(backends),
+        "SELECT x.sda_id, d.backend_id, b.host, d.idx, coalesce(d.name, ''), d.memory_total_mib, d.memory_used_mib, "
+        "d.util_gpu, d.util_mem, d.temp_gpu, d.temp_mem FROM ("
+        "SELECT sda_id, backend_id, device_index FROM sda_reservations UNION ALL "
+        "SELECT j.sda_id, jd.backend_id, jd.device_index FROM job_devices jd JOIN jobs j ON j.id = jd.job_id"
+        ") x JOIN sdas s ON s.id = x.sda_id JOIN devices d ON d.backend_id = x.backend_id AND d.idx = x.device_index "
+        "JOIN backends b ON b.id = d.backend_id WHERE s.token = ? ORDER BY 1, 2, 4",
+        [token],
     )
-    return {(r[0], r[2]): GpuStatus(*r) for r in rows if (r[0], r[2]) in wanted}
+    # UNION ALL is cheaper than UNION; a reserved device that a job holds comes twice and is kept once.
+    unique = {(r[0], r[1], r[3]): GpuStatus(*r[1:]) for r in rows}
+    by_sda: dict[int, list[GpuStatus]] = {}
+    for (sda_id, _, _), gpu in unique.items():
+        by_sda.setdefault(sda_id, []).append(gpu)
+    return {sda_id: tuple(gpus) for sda_id, gpus in by_sda.items()}
 
 
-def _processes(s: Session, active: list[Job]) -> list[ProcessStatus]:
+def _processes(s: Session, active: list[_Job]) -> list[ProcessStatus]:
     if not active:
         return []
     by_id = {j.id: j for j in active}
@@ -310,17 +344,20 @@ def _processes(s: Session, active: list[Job]) -> list[ProcessStatus]:
     return out
 
 
-def _waiting(s: Session, queued: list[Job]) -> list[WaitingJob]:
+def _waiting(s: Session, queued: list[_Job]) -> list[WaitingJob]:
     if not queued:
         return []
+    from state.queue import queue_positions
+
     reasons = _waiting_reasons(s)
+    positions = queue_positions(s)
     return [
         WaitingJob(
             device=job.sda_id,
             job_id=job.id,
             pid=job.launcher_pid,
             process=job.process_name,
-            position=s.jobs.queue_position(job.id),
+            position=positions.get(job.id),
             reason=reasons.get(job.id, "devices are free; it starts at the next scheduling pass"),
         )
         for job in sorted(queued, key=lambda j: (j.sda_id, j.id))
@@ -330,9 +367,10 @@ def _waiting(s: Session, queued: list[Job]) -> list[WaitingJob]:
 def _waiting_reasons(s: Session) -> dict[int, str]:
     """Why each queued job waits, by asking the scheduler the question without applying its answer."""
     from scheduler_core.scheduling import schedule
+    from state.queue import scheduling_inputs
 
     try:
-        backends, queue, active, reserved = s.jobs.scheduling_inputs()
+        backends, queue, active, reserved = scheduling_inputs(s)
         return dict(schedule(backends, queue, active, reserved).waiting)
     except Exception:
         # The reason is a courtesy; a scheduler fault must not hide the user's status.
