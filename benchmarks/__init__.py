@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -96,6 +97,29 @@ def console_script(name: str) -> str:
     if found is None:
         raise SystemExit(f"benchmarks: the console script '{name}' is not installed; run 'pip install -e .' first.")
     return found
+
+
+def install_kind(script: str) -> str:
+    """``editable`` or ``regular``: how moreh-tools is installed where the console script ``script`` runs.
+
+    An editable install (``pip install -e .``) puts setuptools' import finder in front of every
+    import, ~10 ms a start that ``pip install .`` (what the README tells users) does not pay; start-up
+    figures should say which one they timed. PEP 610's ``direct_url.json`` records it.
+    """
+    with open(script, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    python = shlex.split(first[2:]) if first.startswith("#!") else [sys.executable]
+    probe = (
+        "import json, importlib.metadata as m; "
+        "url = json.loads(m.distribution('moreh-tools').read_text('direct_url.json') or '{}'); "
+        "print('editable' if url.get('dir_info', {}).get('editable') else 'regular')"
+    )
+    try:
+        # -I: the current directory's moreh_tools.egg-info must not answer for the environment.
+        done = subprocess.run([*python, "-I", "-c", probe], capture_output=True, text=True, check=False, timeout=60)
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
 
 
 def subprocess_env(home: Path, cache: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -38,3 +38,17 @@ class EventLog:
         sql = "SELECT id, time, action, token, command, detail FROM events ORDER BY id DESC"
         rows = self.conn.execute(sql + (f" LIMIT {int(count)}" if count is not None else "")).fetchall()
         return [Event(*row) for row in reversed(rows)]
+
+    def find(self, token: str | None = None, action: str | None = None, count: int | None = None) -> list[Event]:
+        """Return the events of ``token`` and/or ``action`` (the newest ``count`` when given), oldest first."""
+        from state.records import Event
+
+        where, params = [], []
+        for column, value in (("token", token), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT id, time, action, token, command, detail FROM events"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        rows = self.conn.execute(sql + (f" LIMIT {int(count)}" if count is not None else ""), params).fetchall()
+        return [Event(*row) for row in reversed(rows)]

@@ -20,6 +20,7 @@ from state.checks import check_priority
 from state.errors import ConflictError, InvalidValueError, NotFoundError
 from state.queue import queue_positions, scheduling_inputs
 from state.records import END_REASONS, JOB_STATUSES, DeviceRef, HistoryEntry, Job, TokenUsage
+from state.reports import USAGE_SPANS_SQL
 from state.stats import LOCK_STATS_VAR, record_stat
 
 if TYPE_CHECKING:
@@ -327,18 +328,13 @@ class JobRepository:
         if token is not None:
             self.s.tokens.get(token)
         sql = """
-            WITH spans AS (
-                SELECT token, job_id, start_time, end_time FROM device_usage
-                UNION ALL
-                SELECT j.token, j.id, j.start_time, now()::TIMESTAMP FROM jobs j JOIN job_devices d ON d.job_id = j.id
-                WHERE j.start_time IS NOT NULL
-            ), clipped AS (
+            WITH spans AS ({spans}), clipped AS (
                 SELECT token, job_id, greatest(start_time, ?) AS s, least(end_time, ?) AS e FROM spans
             )
             SELECT c.token, coalesce(t.description, ''), sum(epoch(e) - epoch(s)), count(DISTINCT job_id)
             FROM clipped c LEFT JOIN tokens t ON t.value = c.token
             WHERE e > s {filter}
             GROUP BY c.token, t.description ORDER BY 3 DESC, 1
-        """.replace("{filter}", "AND c.token = ?" if token is not None else "")
+        """.replace("{filter}", "AND c.token = ?" if token is not None else "").replace("{spans}", USAGE_SPANS_SQL)
         params: list[Any] = [begin, end] + ([token] if token is not None else [])
         return [TokenUsage(t, d, float(sec), int(n)) for t, d, sec, n in self.s.all(sql, params)]

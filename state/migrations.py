@@ -178,7 +178,40 @@ def m001_initial(conn: Connection) -> None:
     conn.executemany("INSERT INTO sda_models VALUES (?, ?, ?)", [list(m) for m in SEED_MODELS])
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (m001_initial,)
+def m002_api(conn: Connection) -> None:
+    """The REST API's tables: portal sign-in users, IPMI addresses of backends, a GPU sample history."""
+    conn.execute(
+        """
+        CREATE SEQUENCE seq_user START 1;
+        CREATE TABLE users (
+            id VARCHAR PRIMARY KEY,
+            n_id INTEGER NOT NULL,
+            name VARCHAR NOT NULL,
+            salt VARCHAR NOT NULL,
+            password_hash VARCHAR NOT NULL,
+            question VARCHAR NOT NULL,
+            answer_hash VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE backend_ipmi (backend_id INTEGER PRIMARY KEY, ip VARCHAR NOT NULL, status INTEGER NOT NULL);
+        CREATE TABLE device_samples (
+            t DOUBLE NOT NULL,
+            backend_id INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            memory_total_mib BIGINT,
+            memory_used_mib BIGINT,
+            util_gpu INTEGER,
+            util_mem INTEGER,
+            temp_gpu INTEGER,
+            temp_mem INTEGER
+        );
+        CREATE INDEX idx_device_samples_t ON device_samples(t);
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (m001_initial, m002_api)
 LATEST_VERSION = len(MIGRATIONS)
 
 

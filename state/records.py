@@ -207,6 +207,17 @@ class HistoryEntry:
     exit_code: int | None
     end_reason: str
 
+    @property
+    def device_refs(self) -> tuple[DeviceRef, ...]:
+        """The devices the job held, from the JSON kept in ``devices`` (none when it cannot be read)."""
+        import json  # here: few readers of a history entry need its devices
+
+        try:
+            items = json.loads(self.devices or "[]")
+            return tuple(DeviceRef(int(d["backend_id"]), str(d["host"]), int(d["index"])) for d in items)
+        except (ValueError, TypeError, KeyError):
+            return ()
+
 
 @dataclass(frozen=True)
 class TokenUsage:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from state.checks import check_choice, check_name, check_priority
@@ -73,6 +74,20 @@ class TokenRepository:
             env.setdefault(token, []).append((name, value))
         rows = self.s.all(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, value")
         return [self._row_to_token(row, tuple(env.get(row[0], ()))) for row in rows]
+
+    def many(self, values: Collection[str]) -> dict[str, Token]:
+        """Return the existing tokens among ``values``, by value (unknown values are left out)."""
+        wanted = sorted(set(values))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        env: dict[str, list[tuple[str, str]]] = {}
+        for token, name, value in self.s.all(
+            f"SELECT token, name, value FROM token_env WHERE token IN ({marks}) ORDER BY token, position", wanted
+        ):
+            env.setdefault(token, []).append((name, value))
+        rows = self.s.all(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE value IN ({marks})", wanted)
+        return {row[0]: self._row_to_token(row, tuple(env.get(row[0], ()))) for row in rows}
 
     def create(self, description: str, priority: int = 0) -> str:
         """Create a token and return its value."""

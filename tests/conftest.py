@@ -172,3 +172,101 @@ def grid_lines(header: str, *rows: str) -> list[str]:
     """The seed grid around a literal header line and row lines: ``+---+``, header, ``+===+``, rows, ``+---+``."""
     inner = len(header) - 2
     return ["+" + "-" * inner + "+", header, "+" + "=" * inner + "+", *rows, "+" + "-" * inner + "+"]
+
+
+# -- the REST API (issue 6): a real `sdamanager --api` on a loopback port ---------------------------------------------
+
+API_LISTENING = re.compile(r"serving the API on (?P<url>http://\S+) ")
+
+
+@dataclass
+class ApiServer:
+    """A running ``sdamanager --api 127.0.0.1:0``: its base URL, state directory and an ADMIN token."""
+
+    url: str
+    home: Path
+    admin_token: str
+    process: Any
+    log_path: Path
+
+    def make_token(self, description: str = "api-user", level: str = "USER", priority: int = 0) -> str:
+        """Create a token with ``level`` in the server's state (directly, as the admin console would)."""
+        from state.store import StateStore
+
+        with StateStore(self.home).transaction(f"test: create {level} token") as s:
+            value = s.tokens.create(description, priority)
+            if level != "USER":
+                s.tokens.update_access_level(value, level)
+        return value
+
+    def client(self, token: str | None = None, **kwargs: Any) -> Any:
+        """An httpx client on the server, sending ``token`` (default: the ADMIN token) as a Bearer header."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"} if token != "" else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=20.0, **kwargs)
+
+    def log(self) -> str:
+        """What the server wrote on stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+def start_api_server(home: Path, log_path: Path, env: dict[str, str] | None = None) -> ApiServer:
+    """Start ``sdamanager --api 127.0.0.1:0`` on ``home`` (with 2 simulated GPUs) and wait until it listens."""
+    import os
+    import subprocess
+    import time
+
+    from state.store import StateStore
+
+    with StateStore(home).transaction("test: create the ADMIN token") as s:
+        admin = s.tokens.create("api-admin", 0)
+        s.tokens.update_access_level(admin, "ADMIN")
+    full_env = {**os.environ, "MOREH_HOME": str(home), "MOREH_FAKE_GPUS": "2", **(env or {})}
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "sdamanager"), "--api", "127.0.0.1:0", "--interval", "0.5"],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = API_LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return ApiServer(match["url"], home, admin, process, log_path)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"sdamanager --api did not start: {log_path.read_text(errors='replace')}")
+
+
+def stop_api_server(server: ApiServer) -> None:
+    """SIGTERM the server and assert it stops cleanly."""
+    import subprocess
+
+    server.process.terminate()
+    try:
+        code = server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise AssertionError(f"sdamanager --api ignored SIGTERM: {server.log()}") from None
+    assert code == 0, (code, server.log())
+    assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.fixture
+def api_server(moreh_home: Path, tmp_path: Path) -> Iterator[ApiServer]:
+    """A real API server on a loopback port serving this test's ``MOREH_HOME``."""
+    server = start_api_server(moreh_home, tmp_path / "sdamanager-api.log")
+    yield server
+    stop_api_server(server)
+
+
+@pytest.fixture
+def api_client(api_server: ApiServer) -> Iterator[Any]:
+    """An httpx client on ``api_server`` with its ADMIN token."""
+    with api_server.client() as client:
+        yield client

@@ -380,10 +380,27 @@ def test_help_is_the_reference_text_and_loads_nothing_heavy(smi: Run) -> None:
         assert expected in lines
     probe = (
         "import sys; from moreh_tools.smi.main import main; main(['--help']); main(['-v']); "
-        "print(sorted(m for m in ('duckdb', 'filelock', 'psutil', 'pynvml', 'textual', 'rich') if m in sys.modules))"
+        "print(sorted(m for m in ('duckdb', '_duckdb', 'filelock', 'psutil', 'pynvml', 'textual', 'rich') "
+        "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_plain_status_loads_only_what_it_shows(user: User) -> None:
+    # `watch moreh-smi` pays for every import at each start (issue 4's start-up bound): the plain view
+    # needs DuckDB's engine but not its Python layer, and a waiting job's reason needs the scheduler,
+    # not the repositories and their records.
+    run_job(user)
+    queue_job(user, add_device(user, 4))
+    probe = (
+        "import sys; from moreh_tools.smi.main import main; code = main([]); "
+        "print(code, sorted(m for m in ('duckdb', 'argparse', 'state.records', 'state.jobs') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "Processes:" in done.stdout, done.stdout
+    assert "Waiting jobs:" in done.stdout, done.stdout
+    assert done.stdout.splitlines()[-1] == "0 []"
 
 
 def test_version_and_server_version(smi: Run, user: User) -> None:

@@ -24,6 +24,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
             "The SDA Manager's local daemon: each tick it ends jobs whose launcher died (freeing their devices), "
             "runs a scheduling pass and samples the GPUs into the state. Stops on SIGTERM or Ctrl-C."
         ),
-        epilog="State directory: $MOREH_HOME. Example: sdamanager --interval 2",
+        epilog="State directory: $MOREH_HOME. Examples: sdamanager --interval 2; sdamanager --api 127.0.0.1:8737",
     )
     parser.add_argument(
         "--interval",
@@ -66,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds between ticks (default {DEFAULT_INTERVAL_S:g})",
     )
     parser.add_argument("--once", action="store_true", help="run one tick and exit")
+    parser.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        nargs="?",
+        const="127.0.0.1:8737",
+        help="also serve the REST API (default 127.0.0.1:8737, loopback only; port 0 picks a free one)",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} (moreh-tools) {__version__}")
     return parser
 
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = _parser().parse_args(sys.argv[1:] if argv is None else argv)
         if not 0.05 <= ns.interval <= 3600:
             raise _UsageError(f"interval {ns.interval:g} is out of range: use 0.05 to 3600 seconds")
+        address = _api_address(ns.api, ns.once)
     except _UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -168,9 +177,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} is already running (pid {holder})", file=sys.stderr)
         return EXIT_FAILED
     try:
-        return _serve(home, host_name(), ns.interval, ns.once)
+        if address is None:
+            return _serve(home, host_name(), ns.interval, ns.once)
+        return _serve_api(home, host_name(), ns.interval, address)
     finally:
         lock.release()
+
+
+def _api_address(text: str | None, once: bool) -> tuple[str, int] | None:
+    """The API's (host, port) from ``--api``, or None without it; warns when it is not loopback-only."""
+    if text is None:
+        return None
+    if once:
+        raise _UsageError("--api serves until stopped; it cannot be combined with --once")
+    from moreh_tools.api.server import AddressError, is_loopback, parse_address
+
+    try:
+        host, port = parse_address(text)
+    except AddressError as exc:
+        raise _UsageError(str(exc)) from None
+    if not is_loopback(host):
+        print(
+            f"{PROG}: warning: the API on {host}:{port} is reachable from other machines; every request still "
+            "needs a token, but put TLS (a reverse proxy) in front of it",
+            file=sys.stderr,
+        )
+    return host, port
 
 
 def _serve(home: Path, host: str, interval: float, once: bool) -> int:
@@ -197,21 +229,83 @@ def _serve(home: Path, host: str, interval: float, once: bool) -> int:
             f"running (pid {os.getpid()}, backend {backend_id} '{host}', {provider.description}, "
             f"every {interval:g} s, state {home})"
         )
-        while stopper.stopping is None:
-            started = time.monotonic()
-            try:
-                tick(store, host, provider)
-            except StateError as exc:  # a busy or briefly unavailable state: try again next tick
-                _log(f"tick skipped: {exc}")
-            except Exception as exc:  # the daemon outlives a bad tick; the next one starts clean
-                if os.environ.get("MOREH_DEBUG"):
-                    raise
-                _log(f"tick failed: {type(exc).__name__}: {exc}")
-            if once:
-                break
-            stopper.sleep(interval - (time.monotonic() - started))
+        _tick_loop(store, host, provider, interval, once, stopper, lambda: False)
     finally:
         provider.close()
     if stopper.stopping is not None:
         _log(f"stopped ({signal.Signals(stopper.stopping).name})")
     return 0
+
+
+def _tick_loop(
+    store: StateStore,
+    host: str,
+    provider: GpuProvider,
+    interval: float,
+    once: bool,
+    stopper: Stopper,
+    should_stop: Callable[[], bool],
+) -> None:
+    from state.errors import StateError
+
+    while stopper.stopping is None and not should_stop():
+        started = time.monotonic()
+        try:
+            tick(store, host, provider)
+        except StateError as exc:  # a busy or briefly unavailable state: try again next tick
+            _log(f"tick skipped: {exc}")
+        except Exception as exc:  # the daemon outlives a bad tick; the next one starts clean
+            if os.environ.get("MOREH_DEBUG"):
+                raise
+            _log(f"tick failed: {type(exc).__name__}: {exc}")
+        if once:
+            break
+        # Short sleeps while serving: the server's stop is noticed within a quarter second.
+        deadline = started + interval
+        while stopper.stopping is None and not should_stop() and time.monotonic() < deadline:
+            stopper.sleep(min(0.25, deadline - time.monotonic()))
+
+
+def _serve_api(home: Path, host: str, interval: float, address: tuple[str, int]) -> int:
+    """Serve the API (uvicorn, main thread) and tick in a background thread until SIGTERM/SIGINT."""
+    from moreh_tools import gpus
+    from moreh_tools.api.server import AddressError, listen, serve
+    from moreh_tools.gpus.base import GpuUnavailableError
+    from moreh_tools.gpus.local import ensure_local_backend
+    from state.errors import StateError
+    from state.store import StateStore
+
+    stopper = Stopper()  # SIGHUP stops both; uvicorn takes SIGTERM/SIGINT while it serves and re-raises them after
+    store = StateStore(home)
+    try:
+        sock = listen(*address)
+    except AddressError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        provider = gpus.get_provider()
+    except GpuUnavailableError as exc:
+        sock.close()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        try:
+            backend_id = ensure_local_backend(store, provider, host=host)
+        except StateError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        _log(
+            f"running (pid {os.getpid()}, backend {backend_id} '{host}', {provider.description}, "
+            f"every {interval:g} s, state {home})"
+        )
+        code = serve(
+            store,
+            sock,
+            lambda should_stop: _tick_loop(store, host, provider, interval, False, stopper, should_stop),
+            _log,
+        )
+    finally:
+        sock.close()
+        provider.close()
+    _log("stopped")
+    return code

@@ -277,9 +277,7 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[_Job]]:
     return status, jobs
 
 
-def _device(
-    sda: tuple[Any, ...], current: int | None, jobs: list[_Job], gpus: tuple[GpuStatus, ...]
-) -> DeviceStatus:
+def _device(sda: tuple[Any, ...], current: int | None, jobs: list[_Job], gpus: tuple[GpuStatus, ...]) -> DeviceStatus:
     sda_id, reserved, model_name, model_devices, group_name = sda
     statuses = {j.status for j in jobs}
     if "RUNNING" in statuses:

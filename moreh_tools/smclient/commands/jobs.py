@@ -6,7 +6,6 @@ example in the seeds, so they reuse the same column names and time format.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,11 +104,7 @@ def _by_host(devices: Sequence[DeviceRef]) -> list[tuple[str, str]]:
 
 
 def _history_devices(entry: HistoryEntry) -> list[DeviceRef]:
-    try:
-        items = json.loads(entry.devices or "[]")
-    except ValueError:
-        return []
-    return [DeviceRef(int(d["backend_id"]), str(d["host"]), int(d["index"])) for d in items]
+    return list(entry.device_refs)
 
 
 def _devices_json(devices: Sequence[DeviceRef]) -> list[dict[str, Any]]:

@@ -1,0 +1,299 @@
+"""``create_app(store)``: the FastAPI application serving the Moreh REST API from one state store."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from moreh_tools import __version__
+from moreh_tools.api.errors import (
+    BACKEND,
+    CODE_HEADER,
+    NOT_FOUND,
+    SYNTAX,
+    ApiError,
+    error_body,
+    error_status,
+    from_state_error,
+)
+from moreh_tools.api.params import BODY_PARAMS_KEY, param_specs
+from moreh_tools.api.ratelimit import RateLimiter
+from moreh_tools.api.routes import ROUTER_MODULES
+from state.errors import StateError
+
+if TYPE_CHECKING:
+    from state.store import StateStore
+
+MAX_BODY_BYTES = 1 << 20
+# Token lookups are cached this long: a deleted token or a changed access level takes effect within it.
+TOKEN_CACHE_S = 1.0
+_BODY_METHODS = (b"POST", b"PUT", b"DELETE", b"PATCH")
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    """The response for ``error``: the documented body, its status, ``X-Moreh-Code`` and extra headers."""
+    headers = {CODE_HEADER: str(error.code), **error.headers}
+    return JSONResponse(error_body(error.code, error.message), status_code=error_status(error), headers=headers)
+
+
+class _TokenCache:
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, str | None]] = {}
+        self.lock = threading.Lock()
+
+
+def lookup_access_level(app: FastAPI, token: str) -> str | None:
+    """The access level of ``token``, or None when unknown (cached for TOKEN_CACHE_S)."""
+    cache: _TokenCache = app.state.token_cache
+    now = time.monotonic()
+    with cache.lock:
+        hit = cache.entries.get(token)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    if len(token) > 256:
+        return None
+    store: StateStore = app.state.store
+    with store.reading() as s:
+        row = s.one("SELECT access_level FROM tokens WHERE value = ?", [token])
+    level = str(row[0]) if row else None
+    with cache.lock:
+        if len(cache.entries) > 10_000:
+            cache.entries.clear()
+        cache.entries[token] = (now + TOKEN_CACHE_S, level)
+    return level
+
+
+def forget_token(app: FastAPI, token: str) -> None:
+    """Drop ``token`` from the lookup cache (after deleting it or changing its access level)."""
+    cache: _TokenCache = app.state.token_cache
+    with cache.lock:
+        cache.entries.pop(token, None)
+
+
+def limiter_of(app: FastAPI) -> RateLimiter:
+    """The app's rate limiter."""
+    limiter: RateLimiter = app.state.rate_limiter
+    return limiter
+
+
+class BodyParamsMiddleware:
+    """Parses a JSON object or form body of POST/PUT/DELETE into ``scope[BODY_PARAMS_KEY]`` for ``param``.
+
+    The Moreh API passes every parameter in the query string (``curl -d ''``); a body is the cheap extra. The body
+    is buffered (at most 1 MiB) and replayed to the endpoint unchanged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wrap ``app``."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Buffer and parse the body when there is one to parse, then call the app."""
+        if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await error_response(ApiError(SYNTAX, "SyntaxError. The request body is over 1 MiB.", 413))(
+                    scope, receive, send
+                )
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        try:
+            scope[BODY_PARAMS_KEY] = _parse_body(raw, _content_type(scope))
+        except ApiError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _content_type(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return str(value.decode("latin-1").split(";")[0].strip().lower())
+    return ""
+
+
+def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(
+                SYNTAX, "SyntaxError. The request body is not valid JSON; send a JSON object or nothing."
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ApiError(SYNTAX, "SyntaxError. The request body must be a JSON object.")
+        return parsed
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise ApiError(SYNTAX, "SyntaxError. The form body is not UTF-8.") from None
+    return {}
+
+
+def _install_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_state_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StateError)
+        return error_response(from_state_error(exc))
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        names = sorted({str(e.get("loc", ("", "?"))[-1]) for e in exc.errors()})
+        return error_response(ApiError(SYNTAX, f"SyntaxError. Check parameter(s): {', '.join(names)}."))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            error = ApiError(NOT_FOUND, f"No endpoint {request.url.path}; see /docs for the list.", 404)
+        elif exc.status_code == 405:
+            error = ApiError(SYNTAX, f"{request.method} is not allowed on {request.url.path}; see /docs.", 405)
+        else:
+            error = ApiError(SYNTAX, str(exc.detail), exc.status_code)
+        return error_response(error)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, not bad input: the client gets one line, the server log keeps the traceback.
+        message = f"Internal error ({type(exc).__name__}); the server log has the details."
+        return error_response(ApiError(BACKEND, message, 500))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StateError, on_state_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _uses_auth(route: APIRoute) -> bool:
+    from moreh_tools.api.auth import authenticate
+
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dependency = stack.pop()
+        if dependency.call is authenticate:
+            return True
+        stack.extend(dependency.dependencies)
+    return False
+
+
+def _install_openapi(app: FastAPI) -> None:
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <token>"},
+            "apikey": {"type": "apiKey", "in": "query", "name": "apikey", "description": "?apikey=<token>"},
+        }
+        error_schema = {
+            "type": "object",
+            "properties": {"code": {"type": "integer"}, "details": {"type": "string"}},
+            "required": ["code", "details"],
+        }
+        schema["components"].setdefault("schemas", {})["ErrorResponse"] = error_schema
+        for route in app.routes:
+            if not isinstance(route, APIRoute) or not route.include_in_schema:
+                continue
+            specs = param_specs(route.endpoint)
+            for method in route.methods or ():
+                operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is None:
+                    continue
+                declared = {p["name"] for p in operation.get("parameters", [])}
+                extra = [s.openapi() for s in specs if s.name not in declared]
+                if extra:
+                    operation["parameters"] = operation.get("parameters", []) + extra
+                responses = operation.setdefault("responses", {})
+                for code, text in (("400", "600: missing or malformed parameter"), ("404", "601: not found")):
+                    responses.setdefault(
+                        code,
+                        {
+                            "description": text,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                        },
+                    )
+                if _uses_auth(route):
+                    operation["security"] = [{"bearer": []}, {"apikey": []}]
+                    responses.setdefault("401", {"description": "601: missing or unknown token"})
+                    responses.setdefault("429", {"description": "rate limit exceeded; see Retry-After"})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(store: StateStore) -> FastAPI:
+    """The application for ``store``: every route module, error handlers, body parsing, rate limit, OpenAPI."""
+    app = FastAPI(
+        title="SDAManager REST API (moreh-tools)",
+        version=__version__,
+        description=(
+            "The Moreh SDA Manager API: parameters go in the query string (also on POST/PUT/DELETE); "
+            "authenticate with 'Authorization: Bearer <token>' or '?apikey=<token>'. Errors: 600 syntax, "
+            "601 invalid token or not found, 602 back-end error, 603 ipmitool, 604 signal."
+        ),
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.store = store
+    app.state.token_cache = _TokenCache()
+    app.state.rate_limiter = RateLimiter.from_env()
+    app.state.started = time.time()
+    for name in ROUTER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # A route module still being written must not take the rest of the API down with it (development
+            # only: tests check that every documented endpoint is served).
+            if exc.name == name and os.environ.get("MOREH_API_STRICT") != "1":
+                continue
+            raise
+        app.include_router(module.router)
+    from moreh_tools.api import metrics
+
+    app.include_router(metrics.router)
+    _install_handlers(app)
+    _install_openapi(app)
+    app.add_middleware(BodyParamsMiddleware)
+    return app
