@@ -194,12 +194,26 @@ def main(argv: list[str] | None = None) -> None:
             code = repl(ns.json)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, as a shell tool killed by SIGPIPE would.
+        _silence_stdout()
+        code = EXIT_BROKEN_PIPE
     finally:
         if collecting:  # main() also runs inside other programs (the tests)
             gc.enable()
     if argv is None and ns.command is not None:
         _exit_now(code)
     sys.exit(code)
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader left
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _exit_now(code: int) -> NoReturn:
