@@ -10,9 +10,9 @@ and hold time, and every scheduling pass its duration, to a file (``MOREH_LOCK_S
 Checked (a violation stops the benchmark): every launch ran exactly once and exited 0, the history
 holds exactly one finished entry per job, no device was used by two jobs at once (by the jobs'
 own clocks and by the state's device usage), and every device is IDLE at the end
-(``tests/test_soak.py`` also checks the state's invariants). Figures: total time and jobs per second, lock wait p50/p99 (all accesses,
-and the pollers' alone), lock hold p50/p99, scheduling pass p50/p99/max, poll latency p50/p99,
-queue wait (request to start) p50/max.
+(``tests/test_soak.py`` also checks the state's invariants). Figures: total time and jobs per second, lock wait p50/p99 (all turns, the
+submit burst's, and the pollers' while jobs wait), lock hold p50/p99, scheduling pass p50/p99/max,
+poll latency p50/p99 while jobs wait, queue wait (request to start) p50/max.
 
 ``tests/test_soak.py`` runs the same soak with 20 jobs.
 """
@@ -42,6 +42,7 @@ JOB_SCRIPT = (
     'echo "$MOREH_JOB_ID $CUDA_VISIBLE_DEVICES $s $e" > "$3/$2.$MOREH_JOB_ID"'
 )
 POLL_TARGET_P99_MS = 2000.0
+POLLER_WAIT_TARGET_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,10 @@ class Soak:
     total_s: float = 0.0
     exit_codes: list[int] = field(default_factory=list)
     markers: dict[int, list[tuple[int, str, float, float]]] = field(default_factory=dict)  # launch -> runs
-    stats: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # "wait"/"hold"/"pass" (s)
-    poller_waits: list[float] = field(default_factory=list)
-    polls: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # program -> seconds
+    # (kind, seconds, program, unix time): kind "wait"/"hold" (the state lock) or "pass" (a scheduling pass)
+    stats: list[tuple[str, float, str, float]] = field(default_factory=list)
+    polls: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))  # (start, s)
+    burst_end: float = 0.0  # unix time the last launch's job was queued: from then on the rest only wait
     poll_failures: list[str] = field(default_factory=list)
     history: list[tuple[int, str, int | None, float]] = field(default_factory=list)  # id, reason, exit, queue s
     usage: list[tuple[int, int, float, float]] = field(default_factory=list)  # backend, device, start, end
@@ -84,6 +86,18 @@ def make_users(home: Path, count: int, rng: random.Random) -> list[str]:
     return tokens
 
 
+def register_host(home: Path) -> None:
+    """Register the simulated host as its first job or ``sdamanager`` would, before the soak.
+
+    Launchers that all start on a host nobody registered yet each check, register (finding it done
+    by the first) and submit: three lock turns each instead of one, once in the host's life.
+    """
+    from moreh_tools.gpus.local import ensure_local_backend
+    from moreh_tools.gpus.simulated import SimulatedGpuProvider
+
+    ensure_local_backend(StateStore(home), SimulatedGpuProvider(GPUS, 81920, hostname=HOST), host=HOST)
+
+
 def _poll(env: dict[str, str], token: str, stop: threading.Event, soak: Soak) -> None:
     """Run moreh-smi and show backend back to back until told to stop."""
     commands = {
@@ -93,9 +107,9 @@ def _poll(env: dict[str, str], token: str, stop: threading.Event, soak: Soak) ->
     smi_env = {**env, "MOREH_SDA_TOKEN": token}
     while not stop.is_set():
         for name, argv in commands.items():
-            started = time.perf_counter()
+            at, started = time.time(), time.perf_counter()
             done = subprocess.run(argv, env=smi_env, capture_output=True, text=True, check=False, timeout=120)
-            soak.polls[name].append(time.perf_counter() - started)
+            soak.polls[name].append((at, time.perf_counter() - started))
             if done.returncode != 0:
                 soak.poll_failures.append(f"{name} exited {done.returncode}: {done.stderr.strip()[:300]}")
         stop.wait(0.05)
@@ -107,6 +121,7 @@ def run_soak(root: Path, jobs: int, timeout_s: float, seed: int = 7) -> Soak:
     home, markers, stats_file = root / "state", root / "markers", root / "lock-stats"
     markers.mkdir(parents=True)
     tokens = make_users(home, max(2, jobs // 2), rng)
+    register_host(home)
     env = subprocess_env(home, root / "pycache", {
         "MOREH_FAKE_GPUS": str(GPUS), "MOREH_HOSTNAME": HOST, "MOREH_RELEASE_GRACE": "1",
         "MOREH_LOCK_STATS": str(stats_file), "MOREH_TOKEN_FILE": str(root / "no-token-file"),
@@ -155,12 +170,12 @@ def _collect(soak: Soak, home: Path, markers: Path, stats_file: Path) -> None:
         job_id, devices, start, end = path.read_text().split()
         soak.markers.setdefault(launch, []).append((int(job_id), devices, float(start), float(end)))
     for line in stats_file.read_text().splitlines():
-        kind, seconds, program = line.split(" ", 2)
-        soak.stats[kind].append(float(seconds))
-        if kind == "wait" and program in ("moreh-smi", "moreh_smclient"):
-            soak.poller_waits.append(float(seconds))
+        kind, seconds, program, at = line.split(" ")
+        soak.stats.append((kind, float(seconds), program, float(at)))
     store = StateStore(home)
     with store.reading() as s:
+        row = s.one("SELECT max(epoch(request_time)) FROM job_history")
+        soak.burst_end = float(row[0]) if row and row[0] is not None else 0.0
         soak.history = [
             (int(i), r, e, float(q))
             for i, r, e, q in s.all(
@@ -213,31 +228,47 @@ def problems(soak: Soak) -> list[str]:
     return found
 
 
+POLLERS = ("moreh-smi", "moreh_smclient")
+
+
+def _pct(samples: list[float], fraction: float) -> float:
+    return percentile(samples, fraction) * 1000 if samples else 0.0
+
+
 def figures(soak: Soak) -> list[Figure]:
-    """The soak's figures (milliseconds unless said otherwise)."""
-    ms = 1000.0
-    waits, holds, passes = soak.stats["wait"], soak.stats["hold"], soak.stats["pass"]
-    polls = [t for times in soak.polls.values() for t in times]
-    queue = [q for _, _, _, q in soak.history]
-    poll_p99 = percentile(polls, 0.99) * ms if polls else 0.0
+    """The soak's figures, in milliseconds unless said otherwise.
+
+    "Burst": while the launchers, all started at once, queue their jobs (each waits its turn for the
+    lock behind the ones that asked first). "Waiting": afterwards, while the rest of the jobs wait
+    for GPUs and the ones that got them start, run and end.
+    """
     n = soak.jobs
+    waits = [sec for kind, sec, _, _ in soak.stats if kind == "wait"]
+    burst = [sec for kind, sec, _, at in soak.stats if kind == "wait" and at <= soak.burst_end]
+    after = [sec for kind, sec, prog, at in soak.stats if kind == "wait" and at > soak.burst_end and prog in POLLERS]
+    holds = [sec for kind, sec, _, _ in soak.stats if kind == "hold"]
+    passes = [sec for kind, sec, _, _ in soak.stats if kind == "pass"]
+    polls = [sec for times in soak.polls.values() for at, sec in times if at > soak.burst_end]
+    queue = [q for _, _, _, q in soak.history]
+    poll_p99 = _pct(polls, 0.99)
+    poller_wait_p99 = _pct(after, 0.99)
     return [
         Figure(f"soak {n} jobs over {GPUS} GPUs: total", soak.total_s, "s"),
         Figure(f"soak {n} jobs: rate", n / soak.total_s if soak.total_s else 0.0, "jobs/s"),
-        Figure(f"soak {n} jobs: lock wait p50 ({len(waits)} accesses)", median(waits) * ms, "ms"),
-        Figure(f"soak {n} jobs: lock wait p99", percentile(waits, 0.99) * ms, "ms"),
-        Figure(f"soak {n} jobs: pollers' lock wait p99", percentile(soak.poller_waits, 0.99) * ms
-               if soak.poller_waits else 0.0, "ms"),
-        Figure(f"soak {n} jobs: lock hold p50", median(holds) * ms, "ms"),
-        Figure(f"soak {n} jobs: lock hold p99", percentile(holds, 0.99) * ms, "ms"),
-        Figure(f"soak {n} jobs: scheduling pass p50 ({len(passes)} passes)", median(passes) * ms if passes else 0.0,
-               "ms"),
-        Figure(f"soak {n} jobs: scheduling pass p99", percentile(passes, 0.99) * ms if passes else 0.0, "ms"),
-        Figure(f"soak {n} jobs: scheduling pass max", max(passes) * ms if passes else 0.0, "ms"),
-        Figure(f"soak {n} jobs: moreh-smi / show backend p50 ({len(polls)} polls)", median(polls) * ms
-               if polls else 0.0, "ms"),
-        Figure(f"soak {n} jobs: moreh-smi / show backend p99", poll_p99, "ms", f"<= {POLL_TARGET_P99_MS:g}",
-               poll_p99 <= POLL_TARGET_P99_MS),
+        Figure(f"soak {n} jobs: lock wait p50 ({len(waits)} turns)", _pct(waits, 0.5), "ms"),
+        Figure(f"soak {n} jobs: lock wait p99", _pct(waits, 0.99), "ms"),
+        Figure(f"soak {n} jobs: lock wait p99 in the submit burst", _pct(burst, 0.99), "ms"),
+        Figure(f"soak {n} jobs: pollers' lock wait p99 while jobs wait", poller_wait_p99, "ms",
+               f"<= {POLLER_WAIT_TARGET_MS:g}", poller_wait_p99 <= POLLER_WAIT_TARGET_MS),
+        Figure(f"soak {n} jobs: lock hold p50", _pct(holds, 0.5), "ms"),
+        Figure(f"soak {n} jobs: lock hold p99", _pct(holds, 0.99), "ms"),
+        Figure(f"soak {n} jobs: scheduling pass p50 ({len(passes)} passes)", _pct(passes, 0.5), "ms"),
+        Figure(f"soak {n} jobs: scheduling pass p99", _pct(passes, 0.99), "ms"),
+        Figure(f"soak {n} jobs: scheduling pass max", max(passes) * 1000 if passes else 0.0, "ms"),
+        Figure(f"soak {n} jobs: moreh-smi / show backend p50 while jobs wait ({len(polls)} polls)",
+               _pct(polls, 0.5), "ms"),
+        Figure(f"soak {n} jobs: moreh-smi / show backend p99 while jobs wait", poll_p99, "ms",
+               f"<= {POLL_TARGET_P99_MS:g}", poll_p99 <= POLL_TARGET_P99_MS),
         Figure(f"soak {n} jobs: queue wait p50", median(queue) if queue else 0.0, "s"),
         Figure(f"soak {n} jobs: queue wait max", max(queue) if queue else 0.0, "s"),
     ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
 DEFAULT_GROUP_ID = 0
 MAX_DEVICES_PER_BACKEND = 1024
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
+SAMPLE_RETENTION_S = 86400.0
+_PRUNE_EVERY_S = 60.0
+_last_prune = 0.0
 _DEVICE_COLUMNS = (
     "backend_id, idx, status, uuid, name, memory_total_mib, memory_used_mib, util_gpu, util_mem, temp_gpu, temp_mem"
 )
@@ -265,6 +270,8 @@ class BackendRepository:
         if held:
             raise ConflictError(f"Backend {backend_id} device {held[0][0]} is held by {held[0][1]}; release it first.")
         self.s.conn.execute("DELETE FROM devices WHERE backend_id = ?", [backend_id])
+        self.s.conn.execute("DELETE FROM device_samples WHERE backend_id = ?", [backend_id])
+        self.s.conn.execute("DELETE FROM backend_ipmi WHERE backend_id = ?", [backend_id])
         self.s.conn.execute("DELETE FROM backends WHERE id = ?", [backend_id])
         self.s.events.record("DELETE_BACKEND", f"id={backend_id}")
 
@@ -348,13 +355,62 @@ class BackendRepository:
             )
         return backend_id
 
-    def record_samples(self, backend_id: int, samples: Sequence[Device]) -> None:
-        """Store the latest sampled figures of a backend's devices."""
+    def record_samples(self, backend_id: int, samples: Sequence[Device], at: float | None = None) -> None:
+        """Store the latest sampled figures of a backend's devices, and append them to the sample history.
+
+        The history (``/api/signal``, ``/metrics``) keeps ``MOREH_SAMPLE_RETENTION_S`` seconds (default a day).
+        """
+        now = time.time() if at is None else at
+        self.s.conn.executemany(
+            "INSERT INTO device_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [
+                    now,
+                    backend_id,
+                    d.index,
+                    d.memory_total_mib,
+                    d.memory_used_mib,
+                    d.util_gpu,
+                    d.util_mem,
+                    d.temp_gpu,
+                    d.temp_mem,
+                ]
+                for d in samples
+            ],
+        )
+        _prune_samples(self.s, now)
         self.s.conn.executemany(
             "UPDATE devices SET memory_total_mib = ?, memory_used_mib = ?, util_gpu = ?, util_mem = ?, temp_gpu = ?, "
             "temp_mem = ?, sampled_at = now() WHERE backend_id = ? AND idx = ?",
             [
-                [d.memory_total_mib, d.memory_used_mib, d.util_gpu, d.util_mem, d.temp_gpu, d.temp_mem, backend_id, d.index]
+                [
+                    d.memory_total_mib,
+                    d.memory_used_mib,
+                    d.util_gpu,
+                    d.util_mem,
+                    d.temp_gpu,
+                    d.temp_mem,
+                    backend_id,
+                    d.index,
+                ]
                 for d in samples
             ],
         )
+
+
+def sample_retention_s() -> float:
+    """Seconds of sample history kept: ``MOREH_SAMPLE_RETENTION_S`` (default a day)."""
+    try:
+        value = float(os.environ.get("MOREH_SAMPLE_RETENTION_S", "") or SAMPLE_RETENTION_S)
+    except ValueError:
+        return SAMPLE_RETENTION_S
+    return value if value > 0 else SAMPLE_RETENTION_S
+
+
+def _prune_samples(s: Session, now: float) -> None:
+    """Drop samples past the retention, at most once a minute per process (each tick would be wasted work)."""
+    global _last_prune
+    if now - _last_prune < _PRUNE_EVERY_S:
+        return
+    _last_prune = now
+    s.conn.execute("DELETE FROM device_samples WHERE t < ?", [now - sample_retention_s()])

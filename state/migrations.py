@@ -211,7 +211,12 @@ def m002_api(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (m001_initial, m002_api)
+def m003_model_descriptions(conn: Connection) -> None:
+    """The description (``desc``) the REST API gives an SDA model."""
+    conn.execute("CREATE TABLE sda_model_info (model_id INTEGER PRIMARY KEY, description VARCHAR NOT NULL)")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (m001_initial, m002_api, m003_model_descriptions)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -48,6 +48,18 @@ class SDAModelRepository:
         self.s.events.record("CREATE_SDAMODEL", f"id={model_id} name={name} devices={devices}")
         return model_id
 
+    def describe(self, model_id: int, description: str) -> None:
+        """Set the model's description (the REST API's ``desc``; at most 1024 printable characters)."""
+        self.get(model_id)
+        if len(description) > 1024 or not description.isprintable():
+            raise InvalidValueError("The SDA model description must be at most 1024 printable characters.")
+        self.s.conn.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
+        self.s.conn.execute("INSERT INTO sda_model_info VALUES (?, ?)", [model_id, description])
+
+    def descriptions(self) -> dict[int, str]:
+        """Model id -> description, for the models that have one."""
+        return {int(r[0]): str(r[1]) for r in self.s.all("SELECT model_id, description FROM sda_model_info")}
+
     def delete(self, model_id: int) -> None:
         """Delete a model that no SDA uses; it also leaves every SDA model group."""
         self.get(model_id)
@@ -57,6 +69,7 @@ class SDAModelRepository:
                 f"SDA model {model_id} is used by {used[0]} SDA(s); move them to another model with 'update sda'."
             )
         self.s.conn.execute("DELETE FROM model_group_models WHERE model_id = ?", [model_id])
+        self.s.conn.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
         self.s.conn.execute("DELETE FROM sda_models WHERE id = ?", [model_id])
         self.s.events.record("DELETE_SDAMODEL", f"id={model_id}")
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from state.jobs import JobRepository
     from state.sdas import SDAModelRepository, SDARepository
     from state.tokens import TokenRepository
+    from state.users import UserRepository
     from state.versions import VersionRepository
 
 
@@ -93,6 +94,13 @@ class Session:
         from state.versions import VersionRepository
 
         return VersionRepository(self)
+
+    @cached_property
+    def users(self) -> UserRepository:
+        """Sign-in users of the REST API."""
+        from state.users import UserRepository
+
+        return UserRepository(self)
 
     def schema_version(self) -> int:
         """Return the applied schema version."""

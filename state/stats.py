@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 LOCK_STATS_VAR = "MOREH_LOCK_STATS"
 
 
 def record_stat(kind: str, seconds: float) -> None:
-    """Append ``kind seconds program`` to the file MOREH_LOCK_STATS names, if it is set (for load tests).
+    """Append ``kind seconds program unix-time`` to the file MOREH_LOCK_STATS names, if it is set (for load tests).
 
     Kinds: ``wait`` (taking the state lock), ``hold`` (holding it), ``pass`` (one scheduling pass).
     One ``write`` of a short line to an O_APPEND file, so concurrent processes never interleave.
@@ -22,7 +23,7 @@ def record_stat(kind: str, seconds: float) -> None:
     path = os.environ.get(LOCK_STATS_VAR)
     if not path:
         return
-    line = f"{kind} {seconds:.6f} {Path(sys.argv[0]).name or 'python'}\n".encode()
+    line = f"{kind} {seconds:.6f} {Path(sys.argv[0]).name or 'python'} {time.time():.3f}\n".encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError:

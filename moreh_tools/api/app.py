@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -214,7 +214,7 @@ def _uses_auth(route: APIRoute) -> bool:
     return False
 
 
-def _install_openapi(app: FastAPI) -> None:
+def _install_openapi(app: FastAPI, api_routes: list[APIRoute]) -> None:
     from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
@@ -231,8 +231,8 @@ def _install_openapi(app: FastAPI) -> None:
             "required": ["code", "details"],
         }
         schema["components"].setdefault("schemas", {})["ErrorResponse"] = error_schema
-        for route in app.routes:
-            if not isinstance(route, APIRoute) or not route.include_in_schema:
+        for route in api_routes:  # the routers' own routes: app.routes nests included routers
+            if not route.include_in_schema:
                 continue
             specs = param_specs(route.endpoint)
             for method in route.methods or ():
@@ -280,6 +280,7 @@ def create_app(store: StateStore) -> FastAPI:
     app.state.token_cache = _TokenCache()
     app.state.rate_limiter = RateLimiter.from_env()
     app.state.started = time.time()
+    routers: list[APIRouter] = []
     for name in ROUTER_MODULES:
         try:
             module = importlib.import_module(name)
@@ -289,11 +290,13 @@ def create_app(store: StateStore) -> FastAPI:
             if exc.name == name and os.environ.get("MOREH_API_STRICT") != "1":
                 continue
             raise
-        app.include_router(module.router)
+        routers.append(module.router)
     from moreh_tools.api import metrics
 
-    app.include_router(metrics.router)
+    routers.append(metrics.router)
+    for router in routers:
+        app.include_router(router)
     _install_handlers(app)
-    _install_openapi(app)
+    _install_openapi(app, [r for router in routers for r in router.routes if isinstance(r, APIRoute)])
     app.add_middleware(BodyParamsMiddleware)
     return app

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from moreh_tools.api.errors import NOT_FOUND, ApiError
 
@@ -82,6 +83,10 @@ def authenticate(request: Request) -> Caller:
         )
     limiter.hit(f"token:{token}")
     return Caller(token, level)
+
+
+# An endpoint's authenticated caller: ``def endpoint(request: Request, caller: CallerDep)``.
+CallerDep = Annotated[Caller, Depends(authenticate)]
 
 
 def require_admin(caller: Caller) -> None:

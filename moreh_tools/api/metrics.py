@@ -1,7 +1,87 @@
-"""``GET /metrics``: the sampled GPU metrics as Prometheus text (filled in below)."""
+"""``GET /metrics``: the latest sampled GPU metrics as Prometheus text (exposition format 0.0.4).
+
+One gauge per metric of ``/api/signal`` (``moreh_gpu_temp_gpu_celsius`` ...), labelled by node (``instance``,
+``ip``), ``device_index`` and ``gpu_type``. It carries no token data, so it is served without a token on a
+loopback-only API (for a scraper on the same host); an API reachable from elsewhere wants a token (any level).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from typing import Any
 
-router = APIRouter()
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from moreh_tools.api.errors import NOT_FOUND, ApiError
+from state.errors import StateError
+
+router = APIRouter(tags=["Hardware"])
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# (metric name, devices column, help text)
+GAUGES = (
+    ("moreh_gpu_temp_gpu_celsius", "temp_gpu", "GPU core temperature (temp_gpu)"),
+    ("moreh_gpu_temp_mem_celsius", "temp_mem", "GPU memory temperature (temp_mem)"),
+    ("moreh_gpu_util_gpu_percent", "util_gpu", "GPU utilisation (util_gpu)"),
+    ("moreh_gpu_util_mem_percent", "util_mem", "GPU memory bandwidth utilisation (util_mem)"),
+    ("moreh_gpu_memory_used_mib", "memory_used_mib", "GPU memory in use, MiB (usage)"),
+    ("moreh_gpu_memory_total_mib", "memory_total_mib", "GPU memory in total, MiB"),
+)
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _loopback_client(request: Request) -> bool:
+    from moreh_tools.api.server import is_loopback
+
+    server: tuple[str, int] | None = request.scope.get("server")
+    return server is not None and is_loopback(str(server[0]))
+
+
+def _require_token_off_loopback(request: Request) -> None:
+    if _loopback_client(request):
+        return
+    from moreh_tools.api.app import lookup_access_level
+    from moreh_tools.api.auth import presented_token
+
+    token = presented_token(request)
+    if token is None or lookup_access_level(request.app, token) is None:
+        raise ApiError(NOT_FOUND, "Invalid token: /metrics off loopback needs a token (any level).", 401)
+
+
+@router.get("/metrics", summary="Prometheus text of the latest GPU samples", response_class=PlainTextResponse)
+def metrics(request: Request) -> PlainTextResponse:
+    """The latest sample of every device as Prometheus gauges, plus when each was taken."""
+    _require_token_off_loopback(request)
+    try:
+        with request.app.state.store.reading() as s:
+            rows = s.all(
+                "SELECT b.host, b.ip, d.idx, d.name, d.temp_gpu, d.temp_mem, d.util_gpu, d.util_mem, "
+                "d.memory_used_mib, d.memory_total_mib FROM devices d "
+                "JOIN backends b ON b.id = d.backend_id ORDER BY b.id, d.idx"
+            )
+    except StateError as exc:
+        return PlainTextResponse(f"# state unavailable: {exc}\n", status_code=503, media_type=CONTENT_TYPE)
+    columns = {"temp_gpu": 4, "temp_mem": 5, "util_gpu": 6, "util_mem": 7, "memory_used_mib": 8, "memory_total_mib": 9}
+    lines: list[str] = []
+    for name, column, text in GAUGES:
+        lines += [f"# HELP {name} {text}.", f"# TYPE {name} gauge"]
+        for row in rows:
+            value = row[columns[column]]
+            if value is None:
+                continue
+            labels = (
+                f'instance="{_label(row[0])}",ip="{_label(row[1])}",device_index="{row[2]}",'
+                f'gpu_type="{_label((row[3] or "GPU").split()[0])}"'
+            )
+            lines.append(f"{name}{{{labels}}} {value}")
+    lines += ["# HELP moreh_api_up The SDA Manager API answers.", "# TYPE moreh_api_up gauge", "moreh_api_up 1"]
+    lines += [
+        "# HELP moreh_api_scrape_timestamp_seconds When this page was made.",
+        "# TYPE moreh_api_scrape_timestamp_seconds gauge",
+        f"moreh_api_scrape_timestamp_seconds {time.time():.3f}",
+    ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type=CONTENT_TYPE)

@@ -146,25 +146,41 @@ def _spec_of(call: ast.Call) -> ParamSpec | None:
     for keyword in call.keywords:
         if keyword.arg == "kind" and isinstance(keyword.value, ast.Name):
             kind = keyword.value.id
-        if keyword.arg == "required" and isinstance(keyword.value, ast.Constant):
-            required = bool(keyword.value.value)
+        if keyword.arg == "required":  # required only when it always is (a computed flag lists it as optional)
+            required = isinstance(keyword.value, ast.Constant) and bool(keyword.value.value)
     return ParamSpec(call.args[1].value, _OPENAPI_TYPES.get(kind, "string"), required)
 
 
-def param_specs(func: Any) -> list[ParamSpec]:
-    """The ``param(request, "name", kind, required=...)`` calls in ``func``'s source, in order, deduplicated.
-
-    A name read both required and optional (on different branches) is listed as optional.
-    """
+def _calls(func: Any, seen: set[Any]) -> list[ast.Call]:
+    """The calls in ``func``'s source in source order, descending into same-module helpers it calls by name."""
+    seen.add(func)
     try:
         source = textwrap.dedent(inspect.getsource(func))
     except (OSError, TypeError):
         return []
-    specs: dict[str, ParamSpec] = {}
     calls = sorted(
         (n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset)
     )
-    for node in calls:
+    found: list[ast.Call] = []
+    module = getattr(func, "__module__", None)
+    scope = getattr(func, "__globals__", {})
+    for call in calls:
+        found.append(call)
+        if isinstance(call.func, ast.Name):
+            helper = scope.get(call.func.id)
+            if inspect.isfunction(helper) and helper.__module__ == module and helper not in seen:
+                found.extend(_calls(helper, seen))
+    return found
+
+
+def param_specs(func: Any) -> list[ParamSpec]:
+    """The ``param(request, "name", kind, required=...)`` calls in ``func`` (and the same-module helpers it calls),
+    required ones first, deduplicated.
+
+    A name read both required and optional (on different branches) is listed as optional.
+    """
+    specs: dict[str, ParamSpec] = {}
+    for node in _calls(func, set()):
         callee = node.func
         name = callee.id if isinstance(callee, ast.Name) else callee.attr if isinstance(callee, ast.Attribute) else ""
         if name != "param":
@@ -176,4 +192,5 @@ def param_specs(func: Any) -> list[ParamSpec]:
         if previous is not None and not (previous.required and spec.required):
             spec = ParamSpec(spec.name, previous.type, False)
         specs[spec.name] = spec
-    return sorted(specs.values(), key=lambda s: (not s.required, list(specs).index(s.name)))
+    order = list(specs)
+    return sorted(specs.values(), key=lambda s: (not s.required, order.index(s.name)))

@@ -11,12 +11,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fastapi import Request
+
 from moreh_tools.api.auth import Caller, redact
 from state.records import SDA, DeviceRef, HistoryEntry, Job, Token, UserGroup
 
 if TYPE_CHECKING:
     from state.records import Backend
     from state.session import Session
+    from state.store import StateStore
 
 # The document's job statuses; SUBMITTED (devices given, command not started yet) counts as Running.
 JOB_STATUS = {"QUEUED": "Waiting", "SUBMITTED": "Running", "RUNNING": "Running"}
@@ -215,3 +218,14 @@ def history_info(entry: HistoryEntry, tokens: TokenViews) -> dict[str, Any]:
         "exitCode": entry.exit_code,
         "endReason": entry.end_reason,
     }
+
+
+def store_of(request: Request) -> StateStore:
+    """The state store the app serves."""
+    store: StateStore = request.app.state.store
+    return store
+
+
+def command_text(request: Request) -> str:
+    """What events record as the command: ``api: METHOD path``."""
+    return f"api: {request.method} {request.url.path}"
