@@ -14,16 +14,18 @@ from pathlib import Path
 LOCK_STATS_VAR = "MOREH_LOCK_STATS"
 
 
-def record_stat(kind: str, seconds: float) -> None:
-    """Append ``kind seconds program unix-time`` to the file MOREH_LOCK_STATS names, if it is set (for load tests).
+def record_stat(kind: str, seconds: float, started: float | None = None) -> None:
+    """Append ``kind seconds program start`` to the file MOREH_LOCK_STATS names, if it is set (for load tests).
 
-    Kinds: ``wait`` (taking the state lock), ``hold`` (holding it), ``pass`` (one scheduling pass).
+    Kinds: ``wait`` (taking the state lock), ``hold`` (holding it), ``pass`` (one scheduling pass);
+    ``start`` is the Unix time it began (default: ``seconds`` ago).
     One ``write`` of a short line to an O_APPEND file, so concurrent processes never interleave.
     """
     path = os.environ.get(LOCK_STATS_VAR)
     if not path:
         return
-    line = f"{kind} {seconds:.6f} {Path(sys.argv[0]).name or 'python'} {time.time():.3f}\n".encode()
+    at = time.time() - seconds if started is None else started
+    line = f"{kind} {seconds:.6f} {Path(sys.argv[0]).name or 'python'} {at:.3f}\n".encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError:

@@ -82,14 +82,22 @@ class Worker:
         token, _ = self.rng.choice(self.tokens)
         priority = self.rng.randint(-99, 99)
         self.intent(f"priority {token} {priority}")
-        sink = open(os.devnull, "w")  # noqa: SIM115 - closed below; the message is not needed
-        try:
+        with open(os.devnull, "w") as sink:
             code = run_line(f"update token priority {token} {priority}", out=sink)
-        finally:
-            sink.close()
         if code == 0:
             self.ack(f"priority {token} {priority}")
         return None
+
+    def device_status(self) -> None:
+        """Admin through the console: take device 6 or 7 out of service or back (refused while held)."""
+        from moreh_tools.smclient.main import run_line
+
+        index, status = self.rng.choice((6, 7)), self.rng.choice(("SHUTDOWN", "IDLE"))
+        self.intent(f"device {index} {status}")
+        with open(os.devnull, "w") as sink:
+            code = run_line(f"update device 1 {index} {status}", out=sink)
+        if code == 0:
+            self.ack(f"device {index} {status}")
 
     def submit(self) -> None:
         """A launcher: queue a job for one of this worker's SDAs and run a scheduling pass."""
@@ -176,6 +184,7 @@ class Worker:
         operations = [
             (self.create_token, 10),
             (self.console_line, 6),
+            (self.device_status, 4),
             (self.submit, 18),
             (self.advance, 30),
             (self.release, 6),

@@ -239,7 +239,11 @@ def test_token_endpoints(api_server: ApiServer, api_client: httpx.Client) -> Non
     syntax_error(api_client.post("/api/sdamanager/token", params={"desc": "x", "priority": "high"}), "priority")
     syntax_error(api_client.put("/api/sdamanager/token", params={"token": value}), "desc")
     syntax_error(api_client.put("/api/sdamanager/token", params={"desc": "x"}), "token")
-    refused(api_client.put("/api/sdamanager/token", params={"token": value, "priority": 500}), 400, 602)
+    # One transaction per request: a refused part leaves nothing of the rest behind.
+    before = ok(api_client.get("/api/sdamanager/token"))
+    refused(api_client.post("/api/sdamanager/token", params={"desc": "half", "maxDuplicates": 5000}), 400, 602)
+    refused(api_client.put("/api/sdamanager/token", params={"token": value, "desc": "half", "priority": 500}), 400, 602)
+    assert ok(api_client.get("/api/sdamanager/token")) == before
     refused(api_client.put("/api/sdamanager/token", params={"token": "no-such-token", "desc": "x"}))
     refused(api_client.get("/api/sdamanager/token", params={"token": "no-such-token"}))
 
@@ -287,6 +291,14 @@ def test_token_groups_grouping_and_memberships(api_server: ApiServer, api_client
     with api_server.client(loner) as outsider:
         assert ok(outsider.get("/api/sdamanager/token/group")) == []
         assert ok(outsider.get("/api/membership")) == []
+    # A DEVELOPER reads groups and the event log (whose details name the members) with the values hidden.
+    with api_server.client(api_server.make_token("dev", "DEVELOPER")) as dev:
+        events = dev.get("/api/log/sdamanager/event", params={"action": "ADD_USERGROUP"})
+        assert len(ok(events)) == 2
+        for text in (events.text, dev.get("/api/sdamanager/token/group").text, dev.get("/api/membership").text):
+            assert alice not in text
+            assert bob not in text
+            assert "hidden-" in text
 
     syntax_error(api_client.post("/api/sdamanager/token/group"), "label")
     syntax_error(api_client.post("/api/sdamanager/token/grouping", params={"group": "a", "token": alice}), "group")

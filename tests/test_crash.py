@@ -1,7 +1,8 @@
 """Crash injection: kill -9 the participants at random moments, again and again; nothing acknowledged is lost.
 
 Several worker processes (tests/crash_worker.py) run mixed operations on one state: admin
-changes through the state API and the console, job submissions, scheduling passes, starts and
+changes through the state API and the console (token priorities, devices taken out of service and
+back), job submissions, scheduling passes, starts and
 ends, releases, daemon ticks (jobs of dead launchers end as ``lost``), big batch writes and slow
 transactions that hold the state lock. Each logs every change it committed, with fsync, before it
 goes on. The test SIGKILLs random workers at random moments, and on purpose while one holds the
@@ -23,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,6 +216,27 @@ def acknowledged_changes_missing(session: object, entries: list[list[str]]) -> l
     return missing
 
 
+def device_statuses_missing(session: object, entries: list[list[str]]) -> list[str]:
+    """Devices whose admin status is neither the last acknowledged one nor one tried after it.
+
+    Only meaningful once no job holds a device (after the final daemon tick).
+    """
+    from state.session import Session
+
+    assert isinstance(session, Session)
+    allowed: dict[int, set[str]] = {6: {"IDLE"}, 7: {"IDLE"}}
+    for words in entries:
+        if words[0] == "device":
+            allowed[int(words[1])] = {words[2]}
+        elif words[:2] == ["try", "device"]:
+            allowed[int(words[2])].add(words[3])
+    missing = []
+    for index, status in session.all("SELECT idx, status FROM devices WHERE backend_id = 1 AND idx IN (6, 7)"):
+        if status not in allowed[int(index)]:
+            missing.append(f"device {index} is {status}, acknowledged {sorted(allowed[int(index)])}")
+    return missing
+
+
 def half_applied(session: object) -> list[str]:
     """Parts of a transaction present without the rest."""
     from state.session import Session
@@ -259,7 +281,8 @@ def test_kill_minus_nine_anywhere_loses_nothing_acknowledged(moreh_home: Path, t
     assert harness.kills["holding the state lock"] >= 1, report
     assert harness.kills["during a big write"] >= 1, report
     assert harness.kills["at a random moment"] >= 5, report
-    assert kinds["tick"] and kinds["submit"] and kinds["finish"], report
+    for kind in ("tick", "submit", "running", "finish", "release", "token", "priority", "device"):
+        assert kinds[kind], (kind, report)
 
     # The state opens (through the real console too) and every acknowledged change is there.
     with store.reading() as s:
@@ -279,9 +302,9 @@ def test_kill_minus_nine_anywhere_loses_nothing_acknowledged(moreh_home: Path, t
     # Every launcher is dead: one daemon tick ends their jobs as lost and every device comes back.
     control.reconcile_and_schedule(store, HOST, reason="crash test: final tick")
     with store.reading() as s:
-        broken = violations(s)
+        broken = violations(s) + device_statuses_missing(s, entries)
         left = s.all("SELECT id, status FROM jobs")
-        busy = s.all("SELECT backend_id, idx, status FROM devices WHERE status <> 'IDLE'")
+        busy = s.all("SELECT backend_id, idx, status FROM devices WHERE status NOT IN ('IDLE', 'SHUTDOWN')")
     assert not broken, broken
     assert not left, f"jobs of dead launchers survived the daemon tick: {left}"
     assert not busy, f"devices not returned: {busy}"

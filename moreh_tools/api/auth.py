@@ -1,6 +1,6 @@
 """Who is calling: token authentication, the access rules, and hiding other users' token values.
 
-Access levels (docs/API.md, "Authorisation"):
+Access levels (moreh_tools/api/docs/API.md, "Authentication and authorisation"):
 
 * ADMIN: everything.
 * DEVELOPER: reads the cluster-wide catalogue (backends, groups, models, signal, queue) like an ADMIN, but changes

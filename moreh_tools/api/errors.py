@@ -57,8 +57,20 @@ def literal_status() -> bool:
     return os.environ.get("MOREH_API_LITERAL_STATUS", "") not in ("", "0")
 
 
+MAX_DETAILS = 500
+
+
+def one_line(message: str) -> str:
+    """``message`` as one printable line: control characters escaped (a value echoed back may hold them), and
+    at most MAX_DETAILS characters."""
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 3] + "..."
+
+
 def error_body(code: int, message: str) -> Any:
     """The documented body for ``code``: a bare string for 603/604, ``{code, details}`` otherwise."""
+    message = one_line(message)
     if code in _BARE_STRING_CODES:
         return message
     return {"code": code, "details": message}

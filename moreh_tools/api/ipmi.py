@@ -25,6 +25,11 @@ def timeout_s() -> float:
     return value if 0 < value <= 300 else DEFAULT_TIMEOUT_S
 
 
+def tool() -> str | None:
+    """The ipmitool to run (``MOREH_IPMITOOL`` names another), or None when it is not installed."""
+    return shutil.which(os.environ.get("MOREH_IPMITOOL", "ipmitool"))
+
+
 def _failure(message: str) -> ApiError:
     return ApiError(IPMI, message, 502)
 
@@ -33,10 +38,10 @@ def power(address: str, user: str, password: str, command: str) -> str:
     """Run ``ipmitool -I lanplus -H address -U user -E chassis power command``; its output, or 603."""
     if command not in POWER_COMMANDS:
         raise ValueError(f"unknown power command {command!r}")
-    tool = shutil.which(os.environ.get("MOREH_IPMITOOL", "ipmitool"))
-    if tool is None:
+    program = tool()
+    if program is None:
         raise _failure("Unable to run ipmitool: it is not installed on the SDA Manager host (install ipmitool).")
-    argv = [tool, "-I", "lanplus", "-H", address, "-U", user, "-E", "chassis", "power", command]
+    argv = [program, "-I", "lanplus", "-H", address, "-U", user, "-E", "chassis", "power", command]
     env = {**os.environ, "IPMI_PASSWORD": password}
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s(), check=False)

@@ -77,6 +77,33 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+MOREH_PHRASES = {
+    600: b"Syntax Error",
+    601: b"Invalid Token",
+    602: b"Backend Error",
+    603: b"IPMI Error",
+    604: b"Signal Error",
+}
+
+
+def allow_moreh_status_codes() -> None:
+    """Teach uvicorn the reason phrases of 600..604 for ``MOREH_API_LITERAL_STATUS=1`` (it knows 100..599 only)."""
+    import importlib
+
+    try:
+        h11_impl = importlib.import_module("uvicorn.protocols.http.h11_impl")
+        h11_impl.STATUS_PHRASES.update(MOREH_PHRASES)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        httptools_impl = importlib.import_module("uvicorn.protocols.http.httptools_impl")
+        httptools_impl.STATUS_LINE.update(
+            {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in MOREH_PHRASES.items()}
+        )
+    except (ImportError, AttributeError):  # httptools is optional
+        pass
+
+
 def serve(
     store: StateStore,
     sock: socket.socket,
@@ -91,8 +118,11 @@ def serve(
     import uvicorn
 
     from moreh_tools.api.app import create_app
+    from moreh_tools.api.errors import literal_status
 
     app = create_app(store)
+    if literal_status():
+        allow_moreh_status_codes()
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     worker: threading.Thread | None = None

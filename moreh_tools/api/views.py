@@ -112,7 +112,7 @@ def _by_backend(devices: Sequence[DeviceRef]) -> dict[int, list[DeviceRef]]:
 
 
 def backend_brief(backend: Backend, indexes: Iterable[int] | None = None) -> dict[str, Any]:
-    """A backend in the document's shape, its ``devices`` limited to ``indexes`` when given."""
+    """A backend as ``GET /api/backend`` shows it (without IPMI), its ``devices`` limited to ``indexes`` when given."""
     wanted = None if indexes is None else set(indexes)
     return {
         "id": backend.id,
@@ -125,13 +125,15 @@ def backend_brief(backend: Backend, indexes: Iterable[int] | None = None) -> dic
                 "name": d.name or f"Device {d.index}",
                 "backendId": str(backend.id),
                 "status": d.status,
+                "uuid": d.uuid,
+                "memoryTotalMiB": d.memory_total_mib,
             }
             for d in backend.devices
             if wanted is None or d.index in wanted
         ],
         "name": backend.host,
-        "status": "SHUTDOWN" if backend.status == "SHUTDOWN" else "ACTIVE",
-        "group": {"id": backend.group_id, "name": backend.group_name},
+        "status": backend.status,
+        "group": {"id": backend.group_id, "name": backend.group_name, "index": backend.group_id, "combine": False},
     }
 
 

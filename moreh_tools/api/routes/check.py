@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 
+from moreh_tools.api import ipmi
 from moreh_tools.api.auth import CallerDep
 from moreh_tools.api.errors import BACKEND, IPMI, NOT_FOUND, SYNTAX, ApiError
 from moreh_tools.api.params import param
@@ -46,6 +46,6 @@ def check(request: Request, caller: CallerDep) -> str:
 
         if not daemon_running(Path(store.home)):
             raise ApiError(BACKEND, "gRPCError. The sdamanager daemon is not running for this state.", 503)
-    if kind == "ipmi" and shutil.which("ipmitool") is None:
+    if kind == "ipmi" and ipmi.tool() is None:
         raise ApiError(IPMI, "ipmitool is not installed on the SDA Manager host (install the ipmitool package).", 502)
     return "success"

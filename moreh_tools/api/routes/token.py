@@ -51,13 +51,12 @@ def list_tokens(request: Request, caller: CallerDep) -> Any:
 @router.post("/api/sdamanager/token", summary="Create a token (ADMIN)")
 def create_token(request: Request, caller: CallerDep) -> Any:
     """Create a token with a fresh unguessable value; ``maxDuplicates`` 1 (off) unless given."""
-    desc = _first(param(request, "desc", required=False), param(request, "description", required=False))
+    require_admin(caller)
+    alias = param(request, "description", required=False)
+    desc = alias if alias is not None else param(request, "desc")
     priority = param(request, "priority", int, required=False, default=0)
     max_duplicates = param(request, "maxDuplicates", int, required=False, default=1)
     access_level = param(request, "accessLevel", required=False)
-    require_admin(caller)
-    if desc is None:
-        raise ApiError(SYNTAX, "SyntaxError. Parameter 'desc' is required (text), e.g. ?desc=user@example.com.")
     with store_of(request).transaction(command_text(request)) as s:
         value = s.tokens.create(desc, priority)
         if max_duplicates != 1:
@@ -136,11 +135,10 @@ def list_token_groups(request: Request, caller: CallerDep) -> Any:
 @router.post("/api/sdamanager/token/group", summary="Create a user group (ADMIN)")
 def create_token_group(request: Request, caller: CallerDep) -> Any:
     """Create an empty user group named ``label`` (``desc`` optional)."""
-    label = _first(param(request, "label", required=False), param(request, "name", required=False))
-    desc = _first(param(request, "desc", required=False), param(request, "description", required=False)) or ""
     require_admin(caller)
-    if label is None:
-        raise ApiError(SYNTAX, "SyntaxError. Parameter 'label' is required (text), e.g. ?label=team-a.")
+    alias = param(request, "name", required=False)
+    label = alias if alias is not None else param(request, "label")
+    desc = _first(param(request, "desc", required=False), param(request, "description", required=False)) or ""
     with store_of(request).transaction(command_text(request)) as s:
         group_id = s.user_groups.create(label, desc)
         result = TokenViews(s, caller, []).group(s.user_groups.get(group_id), member_objects=True)
