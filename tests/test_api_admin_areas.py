@@ -340,7 +340,13 @@ def test_backend_bad_input(admin: httpx.Client) -> None:
 
 
 def _backend(admin: httpx.Client, ipmi: str = "10.1.2.3") -> int:
-    params: dict[str, str | int] = {"node": ipmi, "label": unique("b"), "group": 0, "workerip": "10.0.9.9", "devices": 1}
+    params: dict[str, str | int] = {
+        "node": ipmi,
+        "label": unique("b"),
+        "group": 0,
+        "workerip": "10.0.9.9",
+        "devices": 1,
+    }
     return int(succeeded(admin.post("/api/backend", params=params))["result"]["id"])
 
 

@@ -265,9 +265,27 @@ def test_listening_beyond_loopback_warns(tmp_path: Path) -> None:
         assert first.startswith("sdamanager: warning: the API on 0.0.0.0:0 is reachable from other machines")
         while "serving the API" not in (line := process.stderr.readline()):
             assert line, "server ended before serving"
+        port = int(line.split("http://0.0.0.0:")[1].split()[0])
+        # /metrics needs no token over loopback, but does over any other address.
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+        outside = _non_loopback_ipv4()
+        if outside is not None:
+            assert httpx.get(f"http://{outside}:{port}/metrics").status_code == 401
+            assert httpx.get(f"http://{outside}:{port}/api/check").status_code == 401
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
+
+
+def _non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this machine other than loopback, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.255", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
 
 
 def test_help_stays_light() -> None:

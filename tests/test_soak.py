@@ -4,9 +4,11 @@ The soak itself lives in ``benchmarks/bench_soak.py`` (which runs 100 jobs and r
 lock hold and scheduling pass percentiles); here it runs small and every check must hold: each
 launch ran exactly once and exited 0, the history holds exactly one finished entry per job, no
 device served two jobs at once, every poll answered, every device is IDLE at the end and the
-state breaks no invariant. For the full size::
+state breaks no invariant. The state lock's fairness, which the soak made necessary, is tested
+at the end. Bigger soaks::
 
-    /tmp/venv/bin/python -m benchmarks soak
+    MOREH_SOAK_JOBS=100 /tmp/venv/bin/python -m pytest tests/test_soak.py
+    /tmp/venv/bin/python -m benchmarks soak          # 100 jobs, with the figures
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``GET /metrics``: the latest sampled GPU metrics as Prometheus text (exposition format 0.0.4).
 
 One gauge per metric of ``/api/signal`` (``moreh_gpu_temp_gpu_celsius`` ...), labelled by node (``instance``,
-``ip``), ``device_index`` and ``gpu_type``. It carries no token data, so it is served without a token on a
-loopback-only API (for a scraper on the same host); an API reachable from elsewhere wants a token (any level).
+``ip``), ``device_index`` and ``gpu_type``. It carries no token data, so a request arriving on a loopback address
+needs no token (a scraper on the same host); one arriving on any other address needs a token of any level.
 """
 
 from __future__ import annotations

@@ -8,9 +8,12 @@ import os
 import shlex
 import sys
 from collections.abc import Iterable
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from moreh_tools import __version__
+
+if TYPE_CHECKING:
+    from state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 BANNER_2 = f"moreh-tools {__version__}. Type 'help' for the commands, 'COMMAND ?' for one, 'q' to quit."
@@ -36,14 +39,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> None:
+def _error(message: str, err: TextIO | None = None) -> None:
     from moreh_tools.messages import one_line
 
-    print(f"Error: {one_line(message)}", file=sys.stderr)
+    print(f"Error: {one_line(message)}", file=err or sys.stderr)
 
 
 def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None) -> int:
-    """Run one console line, print its result, and return an exit status (0 on success)."""
+    """Run one console line, print its result, and return an exit status (0 on success).
+
+    With ``MOREH_SDA_MANAGER_ADDRESS`` set the line runs on that SDA Manager (``POST /api/smclient/command``).
+    """
+    if os.environ.get("MOREH_SDA_MANAGER_ADDRESS", "").strip():
+        from moreh_tools.remote.smclient import run_remote_line
+
+        return run_remote_line(line, json_output=json_output, out=out or sys.stdout)
+    return run_line_here(line, json_output=json_output, out=out)
+
+
+def run_line_here(
+    line: str,
+    *,
+    json_output: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    store: StateStore | None = None,
+) -> int:
+    """Run one console line on ``store`` (default: this host's state), whatever the address says."""
     from moreh_tools.smclient import registry
     from moreh_tools.smclient.args import UsageError
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
@@ -54,7 +76,7 @@ def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None)
     try:
         words = shlex.split(line, comments=True)
     except ValueError as exc:
-        _error(f"Cannot read the line ({exc}): close every quote you open.")
+        _error(f"Cannot read the line ({exc}): close every quote you open.", err)
         return EXIT_USAGE
     if not words:
         return EXIT_OK
@@ -67,23 +89,23 @@ def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None)
             return EXIT_OK
         cmd, args = registry.resolve(words)
         registry.check_arg_count(cmd, args)
-        ctx = registry.Context(" ".join(words), json_output=json_output)
+        ctx = registry.Context(" ".join(words), json_output=json_output, store=store)
         result = cmd.handler(ctx, args)
     except (ExitRequested, ClearRequested):
         raise
     except UsageError as exc:
-        _error(str(exc))
+        _error(str(exc), err)
         return EXIT_USAGE
     except StateError as exc:
-        _error(str(exc))
+        _error(str(exc), err)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        _error("Interrupted; nothing was changed by the interrupted command.")
+        _error("Interrupted; nothing was changed by the interrupted command.", err)
         return EXIT_INTERRUPTED
     except Exception as exc:  # never a traceback for the user; MOREH_DEBUG=1 shows it
         if os.environ.get("MOREH_DEBUG"):
             raise
-        _error(f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.")
+        _error(f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.", err)
         return EXIT_INTERNAL
     if result is not None:
         print(to_json(result) if json_output else result.as_text(), file=out)

@@ -27,11 +27,11 @@ _PARAM = re.compile(r"\{([^}]*)\}")
 class Context:
     """What a handler may use: the store (opened on first use), the command line, the output mode."""
 
-    def __init__(self, line: str = "", *, json_output: bool = False) -> None:
-        """Create a context for running ``line``."""
+    def __init__(self, line: str = "", *, json_output: bool = False, store: StateStore | None = None) -> None:
+        """Create a context for running ``line`` (on ``store``, default this host's state)."""
         self.line = line
         self.json_output = json_output
-        self._store: StateStore | None = None
+        self._store: StateStore | None = store
 
     @property
     def store(self) -> StateStore:
