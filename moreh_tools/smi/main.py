@@ -96,10 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     if not argv:  # the plain status, what `watch moreh-smi` repeats: no parser to import and build
         from moreh_tools.smi.common import find_token
-        from state.store import StateStore
 
-        store = StateStore()
-        return _show(store, find_token(), idx=None, tokens=False, hardware=False, as_json=False)
+        return _show(_local_store(), find_token(), idx=None, tokens=False, hardware=False, as_json=False)
     args = _parser().parse_args(argv)
     if args.help:
         print(HELP)
@@ -130,17 +128,25 @@ def _run(argv: list[str]) -> int:
         return EXIT_OK
 
     from moreh_tools.smi.common import find_token
-    from state.store import StateStore
 
-    store = StateStore()
+    store = _local_store()
+    if store is None and (args.server_version or args.reset or device_action is not None):
+        option = "-s" if args.server_version else "-r" if args.reset else "device"
+        raise UserError(
+            f"{PROG}: {option} is not available against a remote SDA Manager yet (MOREH_SDA_MANAGER_ADDRESS is "
+            "set); run it on the master, or unset the variable to use this host's state."
+        )
     if args.server_version:
+        assert store is not None
         return _server_version(store, args.json)
     token = find_token()
     if device_action is not None:
         from moreh_tools.smi import device_cli
 
+        assert store is not None
         return device_cli.run(store, token, device_action[0], device_action[1], " ".join([PROG, *argv]))
     if args.reset:
+        assert store is not None
         return _reset(store, token, args.idx)
     return _show(store, token, idx=args.idx, tokens=args.token, hardware=args.hardware, as_json=args.json)
 
@@ -154,6 +160,10 @@ def _dashboard(args: argparse.Namespace, device_action: bool) -> int:
                                        ("--json", args.json), ("device", device_action)) if given]
     if others:
         raise UserError(f"{PROG}: --dashboard goes alone (not with {', '.join(others)}) ({SEE_HELP}).", EXIT_USAGE)
+    from moreh_tools.remote.client import address
+
+    if address() is not None:
+        raise UserError(f"{PROG}: --dashboard works on this host's state only; unset MOREH_SDA_MANAGER_ADDRESS.")
     from moreh_tools.dashboard.cli import parse_interval, run
 
     interval = parse_interval(args.interval) if args.interval is not None else 1.0
@@ -199,12 +209,32 @@ def _selected(status: SmiStatus, idx: str | None) -> SmiStatus:
     return status.only(int(idx))
 
 
-def _show(store: StateStore, token: str, *, idx: str | None, tokens: bool, hardware: bool, as_json: bool) -> int:
-    """The status views: plain, ``-t`` (``tokens``), ``-p`` (``hardware``), each narrowed by ``-i`` and as ``--json``."""
-    from moreh_tools.smi import render
+def _local_store() -> StateStore | None:
+    """This host's state, or None when the tools work against a remote SDA Manager (MOREH_SDA_MANAGER_ADDRESS)."""
+    from moreh_tools.remote.client import address
+
+    if address() is not None:
+        return None
+    from state.store import StateStore
+
+    return StateStore()
+
+
+def _read_status(store: StateStore | None, token: str, *, refresh: bool) -> SmiStatus:
+    if store is None:
+        from moreh_tools.remote.tools import remote_status
+
+        return remote_status(token)
     from moreh_tools.smi.status import read_status
 
-    status = _selected(read_status(store, token, refresh=not tokens), idx)
+    return read_status(store, token, refresh=refresh)
+
+
+def _show(store: StateStore | None, token: str, *, idx: str | None, tokens: bool, hardware: bool, as_json: bool) -> int:
+    """The status views: plain, ``-t`` (``tokens``), ``-p`` (``hardware``), each narrowed by ``-i`` and as ``--json``."""
+    from moreh_tools.smi import render
+
+    status = _selected(_read_status(store, token, refresh=not tokens), idx)
     if hardware:
         device_id = int(idx) if idx is not None else status.current_device
         device = status.device(device_id) if device_id is not None else None

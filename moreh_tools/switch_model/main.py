@@ -51,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from moreh_tools.remote.client import address
     from moreh_tools.smi.common import find_token
+
+    token = find_token()
+    if address() is not None:  # MOREH_SDA_MANAGER_ADDRESS: the SDA Manager holds the state
+        return _switch_remote(token, args.model)
     from state.store import StateStore
 
     store = StateStore()
-    token = find_token()
     command = " ".join([PROG, *argv])
     if args.model is not None:
         return _switch_to(store, token, args.model, command)
@@ -123,3 +127,33 @@ def _picker(store: StateStore, token: str, command: str) -> int:
         print(_switched(choice) if changed else f'The {DEVICE_NAME} model is already "{choice.name}".')
         print()
         sda, options = _read(store, token)
+
+
+def _switch_remote(token: str, model: str | None) -> int:
+    """The same dialogue against the SDA Manager at MOREH_SDA_MANAGER_ADDRESS."""
+    from moreh_tools.remote import tools
+
+    if model is not None:
+        option, changed = tools.switch_to(token, text=model)
+        print(_switched(option) if changed else f'The {DEVICE_NAME} model is already "{option.name}".')
+        return EXIT_OK
+    from moreh_tools.smi.prompt import ask, numbered
+
+    current, options, lines = tools.model_choices(token)
+    print(f"Current {DEVICE_NAME}: {current}")
+    print()
+    while True:
+        print("\n".join(lines))
+        print()
+        choice = ask(
+            f"Selection (1-{len(options)}, q, Q): " if len(options) > 1 else "Selection (1, q, Q): ",
+            numbered({o.number: o for o in options}),
+            f"Type a model number from 1 to {len(options)}, or q to quit.",
+        )
+        if choice is None:
+            print()
+            return EXIT_OK
+        option, changed = tools.switch_to(token, option=choice)
+        print(_switched(option) if changed else f'The {DEVICE_NAME} model is already "{option.name}".')
+        print()
+        current, options, lines = tools.model_choices(token)

@@ -1,0 +1,89 @@
+"""Extensions beyond the 52 documented endpoints: what ``moreh-smi`` and ``moreh-switch-model`` need remotely.
+
+Each answers for the caller's own token only (any access level): the user tools run on a user's host with
+``MOREH_SDA_MANAGER_ADDRESS`` set and render the answer with the same code as on the master.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from moreh_tools.api.auth import CallerDep
+from moreh_tools.api.errors import BACKEND, ApiError
+from moreh_tools.api.params import param
+from moreh_tools.smi.common import UserError
+
+router = APIRouter(tags=["Remote tools"])
+
+
+def _refused(exc: UserError) -> ApiError:
+    # The user tools' refusals ("no current device", "in use") are back-end refusals with the tool's own line.
+    return ApiError(BACKEND, str(exc), 409)
+
+
+@router.get("/api/remote/smi/status", summary="The caller's moreh-smi status (extension)")
+def smi_status(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """``{"status": ...}``: the moreh-smi status dataclasses of the caller's token, as JSON."""
+    from moreh_tools.smi.status import collect_status
+
+    try:
+        with request.app.state.store.reading() as s:
+            status = collect_status(s, caller.token)
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"status": asdict(status)}
+
+
+@router.get("/api/remote/switchmodel", summary="The caller's current model and model choices (extension)")
+def switch_model_options(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """``{"current": "Small at mg1", "options": [ModelOption...], "lines": ["1. Small  *", ...]}``."""
+    from moreh_tools.smi import devices
+
+    try:
+        with request.app.state.store.reading() as s:
+            sda = devices.current_device(s, caller.token)
+            options = devices.model_options(s, caller.token)
+            current = next((o.text for o in options if o.is_model_of(sda)), None)
+            if current is None:  # the admin took the current model out of the token's reach: still name it
+                name = s.models.get(sda.model_id).name
+                group = s.model_groups.get(sda.model_group_id).name if sda.model_group_id is not None else None
+                current = f"{name} at {group}" if group else name
+            lines = devices.list_lines(options, sda, marker=True)
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"current": current, "options": [asdict(o) for o in options], "lines": lines}
+
+
+@router.post("/api/remote/switchmodel", summary="Switch the caller's current device to a model (extension)")
+def switch_model(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Switch to ``model`` (list number, name or name@group) or to ``modelId`` (+ ``groupId``).
+
+    ``{"changed": bool, "option": ModelOption}``; refusals are 602 with moreh-switch-model's own line.
+    """
+    text = param(request, "model", str, required=False)
+    model_id = param(request, "modelId", int, required=False)
+    group_id = param(request, "groupId", int, required=False)
+    if (text is None) == (model_id is None):
+        raise ApiError(600, "SyntaxError. Give exactly one of the parameters 'model' and 'modelId'.")
+    from moreh_tools.smi import devices
+
+    try:
+        with request.app.state.store.transaction("moreh-switch-model (api)") as s:
+            devices.current_device(s, caller.token)
+            options = devices.model_options(s, caller.token)
+            if text is not None:
+                option = devices.resolve_model(options, text)
+            else:
+                found = [o for o in options if o.model_id == model_id and o.group_id == group_id]
+                if not found:
+                    raise UserError(
+                        f"Model {model_id} is not a model this token may use; see 'moreh-smi device --list'."
+                    )
+                option = found[0]
+            changed = devices.switch_model(s, caller.token, option)
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"changed": changed, "option": asdict(option)}
