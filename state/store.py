@@ -135,6 +135,10 @@ class StateStore:
                 self._schema_checked = True
             yield conn
         except duckdb.Error as exc:
+            if "integer too large" in str(exc):  # a number beyond 128 bits reached a query as a parameter
+                raise InvalidValueError(
+                    "A number given is far out of range; ids, counts and priorities are at most 2147483647."
+                ) from None
             if "surrogate" in str(exc):  # argv or a pipe held bytes that are not UTF-8 (Python keeps them as \udcXX)
                 raise InvalidValueError(
                     "A value given is not valid UTF-8 text (it holds undecodable bytes); type it again as UTF-8, "

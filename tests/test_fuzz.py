@@ -78,6 +78,7 @@ HOSTILE: tuple[str, ...] = (
     "0x1f",
     "١٢",  # Arabic-Indic digits: int() accepts them
     "½",
+    "²",  # str.isdigit() says yes, int() says no
     "🚀",
     "👩‍👩‍👧‍👦",
     "\u202eoverride\u202c",
@@ -895,3 +896,22 @@ def test_undecodable_bytes_in_argv_get_a_clear_error(moreh_home: Path, smc: Smc)
         line = one_error_line(done.stderr.decode("utf-8", "replace"), tool)
         assert done.returncode == 1, (tool, line)
         assert "UTF-8" in line, (tool, line)
+
+
+def test_huge_or_odd_sda_ids_are_refused_in_one_line(capsys: pytest.CaptureFixture[str], moreh_home: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fuzzer: MOREH_VISIBLE_DEVICE=999...9 (400 digits) reached DuckDB, which cannot hold it."""
+    from moreh_tools.launcher.cli import main as moreh_run
+    from state.errors import InvalidValueError
+    from state.store import StateStore
+
+    monkeypatch.setenv("MOREH_SDA_TOKEN", "whoever")
+    for value in ("9" * 400, "²", str(2**31)):
+        monkeypatch.setenv("MOREH_VISIBLE_DEVICE", value)
+        assert moreh_run(["true"]) == 1
+        assert "is not an SDA id" in one_error_line(capsys.readouterr().err, value, "moreh-run: ")
+    monkeypatch.delenv("MOREH_VISIBLE_DEVICE")
+    assert moreh_run(["--sda", "9" * 400, "true"]) == 2
+    assert "is not valid" in one_error_line(capsys.readouterr().err, "--sda", "moreh-run: ")
+    with pytest.raises(InvalidValueError, match="far out of range"), StateStore().reading() as s:
+        s.sdas.get(10**40)

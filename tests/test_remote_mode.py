@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from state.paths import state_file
 from state.session import Session
 from state.store import StateStore
 from tests.conftest import BIN, ApiServer, Result, Smc, ok, token_of
@@ -73,7 +74,7 @@ def test_smclient_lines_give_the_same_output_remotely(
     # A change made remotely lands in the master's state, not in this host's.
     created = token_of(ok(smc("create token bob@example.com 1")))
     assert created in local(remote, monkeypatch, smc, "show token").out
-    assert not (Path(str(remote.home)).parent / "client-home" / "state.duckdb").exists()
+    assert not state_file(Path(str(remote.home)).parent / "client-home").exists()
 
 
 def test_console_script_piped_lines_and_banner(
@@ -173,6 +174,8 @@ SMI_VIEWS = [
     ["-i", "2"],
     ["-i", "2", "--json"],
     ["-i", "9"],  # not one of the token's devices: the same one-line refusal
+    ["-s"],
+    ["-s", "--json"],
 ]
 
 
@@ -287,3 +290,183 @@ def test_switch_model_is_the_same_remotely(smi_user: User, both: Callable[..., A
 def model_name(server: ApiServer, sda_id: int) -> str:
     with StateStore(server.home).reading() as s:
         return s.models.get(s.sdas.get(sda_id).model_id).name
+
+
+# moreh-run and the host daemons: two "hosts" (two state directories and host names) and one master.
+
+
+def host_env(server: ApiServer, root: Path, name: str, token: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MOREH_TOKEN_FILE", "MOREH_VISIBLE_DEVICE", "MOREH_JOB_ID")}
+    env.update(
+        MOREH_HOME=str(root / name),
+        MOREH_HOSTNAME=name,
+        MOREH_FAKE_GPUS="2",
+        MOREH_SDA_MANAGER_ADDRESS=address_of(server),
+        MOREH_SDA_TOKEN=token,
+        MOREH_RELEASE_GRACE="1",
+    )
+    return env
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def master_read(server: ApiServer, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    with StateStore(server.home).reading() as s:
+        return s.all(sql, params or [])
+
+
+JOB = "import os, sys, time; print(sys.argv[1], os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def test_two_hosts_queue_run_and_account_jobs_through_one_master(api_server: ApiServer, tmp_path: Path) -> None:
+    def setup(s: Session) -> tuple[str, str, int, int]:
+        user_a, user_b = s.tokens.create("a@host-a"), s.tokens.create("b@host-b")
+        return user_a, user_b, s.sdas.create(user_a, "", 2), s.sdas.create(user_b, "", 1)
+
+    with StateStore(api_server.home).transaction("test: two users") as s:
+        user_a, user_b, _sda_a, _sda_b = setup(s)
+    daemons = [
+        subprocess.Popen(
+            [str(BIN / "sdamanager"), "--interval", "0.3"],
+            env=host_env(api_server, tmp_path, host, api_server.admin_token),
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{host}.log").open("wb"),
+        )
+        for host in ("host-a", "host-b")
+    ]
+    try:
+        # Each host's daemon registers it with the master and reports its GPUs' figures.
+        wait_until(
+            lambda: (
+                len(
+                    master_read(
+                        api_server,
+                        "SELECT DISTINCT b.host FROM backends b JOIN devices d ON d.backend_id = b.id "
+                        "WHERE b.host IN ('host-a', 'host-b') AND d.sampled_at IS NOT NULL",
+                    )
+                )
+                == 2
+            ),
+            "both hosts' samples",
+        )
+        env_a = host_env(api_server, tmp_path, "host-a", user_a)
+        env_b = host_env(api_server, tmp_path, "host-b", user_b)
+        run = [str(BIN / "moreh-run"), "--", sys.executable, "-c", JOB]
+        first = subprocess.Popen(
+            [*run, "A1", "1.5"], env=env_a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        wait_until(
+            lambda: bool(master_read(api_server, "SELECT 1 FROM jobs WHERE host = 'host-a' AND status = 'RUNNING'")),
+            "host-a's first job to run",
+        )
+        second = subprocess.Popen(
+            [*run, "A2", "0"], env=env_a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        on_b = subprocess.run([*run, "B1", "0"], env=env_b, capture_output=True, text=True, timeout=60)
+        outputs = [p.communicate(timeout=60) for p in (first, second)]
+        # moreh-smi -r on host-b releases its running job through the master; host-b's daemon ends it.
+        long = subprocess.Popen(
+            [*run, "B2", "60"], env=env_b, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert long.stdout is not None
+        assert long.stdout.readline().startswith("B2 ")
+        smi = str(BIN / "moreh-smi")
+        reset = subprocess.run([smi, "-r"], env=env_b, capture_output=True, text=True, timeout=30)
+        long.communicate(timeout=30)
+        again = subprocess.run([smi, "-r"], env=env_b, capture_output=True, text=True, timeout=30)
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            assert daemon.wait(timeout=20) == 0, (tmp_path / "host-a.log").read_text()
+    assert (first.returncode, second.returncode, on_b.returncode) == (0, 0, 0), (outputs, on_b)
+    assert outputs[0][0] == "A1 0,1\n"  # the Medium.128GB SDA holds both GPUs of host-a
+    assert outputs[1][0] == "A2 0,1\n"
+    assert "waits in the queue" in outputs[1][1]  # the second job of the SDA was queued behind the first
+    assert "Moreh SDA is ready to use" in outputs[1][1]
+    assert on_b.stdout in ("B1 0\n", "B1 1\n")
+    assert (reset.stdout, reset.stderr, reset.returncode) == ("Device release success.\n", "", 0)
+    assert long.returncode != 0
+    assert (again.stdout, again.stderr, again.returncode) == ("", "Device release failed. (Not running job.)\n", 1)
+    *history, last = master_read(api_server, "SELECT token, host, end_reason, exit_code FROM job_history ORDER BY id")
+    assert last[:3] in ((user_b, "host-b", "released"), (user_b, "host-b", "failed")), last
+    hosts = sorted((h[0], h[1]) for h in history)
+    assert hosts == sorted([(user_a, "host-a"), (user_a, "host-a"), (user_b, "host-b")])
+    assert all(h[2] == "finished" and h[3] == 0 for h in history)
+    with StateStore(api_server.home).reading() as s:
+        entries = s.jobs.history()
+    for entry in entries:  # each job held devices of its own host's backend only
+        assert entry.device_refs, entry
+        assert {ref.backend_host for ref in entry.device_refs} == {entry.host}, entry
+    assert not master_read(api_server, "SELECT * FROM jobs")
+    assert not state_file(tmp_path / "host-a").exists()  # the hosts kept no state of their own
+
+
+def test_remote_launcher_refusals_and_lost_and_cancelled_jobs(api_server: ApiServer, tmp_path: Path) -> None:
+    import signal
+
+    with StateStore(api_server.home).transaction("test: a user") as s:
+        user = s.tokens.create("c@host-c")
+        s.sdas.create(user, "", 1)
+    env = host_env(api_server, tmp_path, "host-c", user)
+    run = [str(BIN / "moreh-run"), "--", sys.executable, "-c", JOB]
+    bad = subprocess.run(
+        [*run, "x", "0"], env={**env, "MOREH_SDA_TOKEN": "nope"}, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 1, bad
+    assert bad.stderr.count("\n") == 1, bad.stderr
+    assert "moreh::InvalidToken" in bad.stderr
+    down = {**env, "MOREH_SDA_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    gone = subprocess.run([*run, "x", "0"], env=down, capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1, gone
+    assert gone.stderr.startswith("moreh-run: Cannot reach the SDA Manager"), gone.stderr
+    assert gone.stderr.count("\n") == 1, gone.stderr
+    # A launcher killed with SIGKILL: its guardian kills the command and records the job as lost on the master.
+    holder = subprocess.Popen([*run, "C1", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "C1 0\n"
+    waiter = subprocess.Popen([*run, "C2", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(master_read(api_server, "SELECT 1 FROM jobs WHERE status = 'QUEUED'")) == 1, "a queued job")
+    waiter.send_signal(signal.SIGINT)  # the queued job leaves the queue without running
+    _, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 128 + signal.SIGINT, err
+    assert "left the queue without running" in err
+    holder.kill()
+    holder.wait(timeout=10)
+    wait_until(
+        lambda: (
+            sorted(r[0] for r in master_read(api_server, "SELECT end_reason FROM job_history")) == ["lost", "released"]
+        ),
+        "the killed launcher's job to be recorded as lost",
+    )
+    import psutil
+
+    [(pid,)] = master_read(api_server, "SELECT pid FROM job_history WHERE end_reason = 'lost'")
+    wait_until(lambda: not psutil.pid_exists(pid), "the lost job's command to be killed")
+    assert not master_read(api_server, "SELECT * FROM jobs")
+
+
+def test_remote_tools_load_neither_the_state_nor_the_server_stack(smi_user: User, api_server: ApiServer) -> None:
+    import os
+
+    heavy = ("duckdb", "state.store", "fastapi", "httpx", "uvicorn")
+    report = f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"
+    env = {**os.environ, "MOREH_SDA_MANAGER_ADDRESS": address_of(api_server), "MOREH_HOME": "/nonexistent/home"}
+    smi_probe = f"import sys; from moreh_tools.smi.main import main; code = main([]); {report}"
+    done = subprocess.run([sys.executable, "-c", smi_probe], capture_output=True, text=True, env=env, timeout=30)
+    assert "python train.py" in done.stdout, done
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout
+    env["MOREH_SDA_TOKEN"] = api_server.admin_token
+    console_probe = f"import sys; from moreh_tools.smclient.main import run_line; code = run_line('show sda'); {report}"
+    done = subprocess.run([sys.executable, "-c", console_probe], capture_output=True, text=True, env=env, timeout=30)
+    assert smi_user.token in done.stdout, done
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout

@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from moreh_tools.identity import host_name
+    from moreh_tools.remote.client import address as master_address
     from state.paths import state_home
 
     home = state_home()
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} is already running (pid {holder})", file=sys.stderr)
         return EXIT_FAILED
     try:
+        if address is None and master_address() is not None:  # a host of a remote master: report, not schedule
+            from moreh_tools.remote.daemon import serve
+
+            return serve(home, host_name(), ns.interval, ns.once)
         if address is None:
             return _serve(home, host_name(), ns.interval, ns.once)
         return _serve_api(home, host_name(), ns.interval, address)

@@ -45,6 +45,7 @@ USAGE = "moreh-run [--token T] [--sda ID] [--priority P] [--] COMMAND..."
 EXIT_FAILED, EXIT_USAGE = 1, 2
 EXIT_CANNOT_EXECUTE = 126
 _VALUE_OPTIONS = ("--token", "--sda", "--priority")
+SDA_ID_MAX = 2**31 - 1  # ids are 32-bit in the state
 
 RESOURCES_WARNING = (
     "[warning] Not enough resources are currently available for the Moreh SDA. All resources in the system are "
@@ -120,7 +121,7 @@ def parse(argv: list[str]) -> Request:
     ns = _parser().parse_args(options)
     if ns.priority is not None and not -99 <= ns.priority <= 99:
         raise LaunchError(f"priority {ns.priority} is out of range: use an integer from -99 to 99", EXIT_USAGE)
-    if ns.sda is not None and ns.sda < 0:
+    if ns.sda is not None and not 0 <= ns.sda <= SDA_ID_MAX:
         raise LaunchError(f"SDA id {ns.sda} is not valid: use one of your SDA ids (see 'moreh-smi')", EXIT_USAGE)
     if not command or not command[0]:
         raise LaunchError(f"no command to run; usage: {USAGE}", EXIT_USAGE)
@@ -131,7 +132,7 @@ def _sda_from_env() -> int | None:
     raw = os.environ.get("MOREH_VISIBLE_DEVICE", "").strip()
     if not raw:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > SDA_ID_MAX:  # "²".isdigit(), but int("²") fails
         raise LaunchError(
             f"MOREH_VISIBLE_DEVICE={raw!r} is not an SDA id; set it to one of your SDA ids (see 'moreh-smi') or unset it"
         )
@@ -156,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                 "(default /etc/moreh/token)."
             ) from None
         sda_id = request.sda if request.sda is not None else _sda_from_env()
+        from moreh_tools.remote.client import address
+
+        if address() is not None:  # MOREH_SDA_MANAGER_ADDRESS: the master's queue, this host's GPUs
+            from moreh_tools.remote.launcher import RemoteLaunch
+
+            return RemoteLaunch(request, path, token, sda_id).run()
         return Launch(request, path, token, sda_id).run()
     except LaunchError as exc:
         _say(f"{PROG}: {exc}")
@@ -433,11 +440,7 @@ class Launch:
         signals.forward_to(child)
         started = processes.create_time(child.pid)
         self.guardian.tell(f"child {child.pid} {started if started is not None else 0.0!r}")
-        with self.store.transaction(self.what) as s:
-            current = s.jobs.find(job.id)
-            withdrawn = current is None or current.release_requested
-            if not withdrawn:
-                s.jobs.mark_running(job.id, child.pid, started if started is not None else 0.0)
+        withdrawn = self._mark_running(job, child.pid, started if started is not None else 0.0)
         if withdrawn:  # released (or ended) between allocation and start: it must not keep the devices
             import signal
 
@@ -446,6 +449,15 @@ class Launch:
         signals.forward_to(None)
         self._record_end(job, status, "finished" if status == 0 else "failed")
         return status
+
+    def _mark_running(self, job: Job, pid: int, started: float) -> bool:
+        """Mark the job RUNNING; True when it was withdrawn (released or ended) since it got its devices."""
+        with self.store.transaction(self.what) as s:
+            current = s.jobs.find(job.id)
+            withdrawn = current is None or current.release_requested
+            if not withdrawn:
+                s.jobs.mark_running(job.id, pid, started)
+        return withdrawn
 
     def _record_end(self, job: Job, exit_code: int | None, reason: str) -> None:
         """Devices CLEANING, the job's stragglers killed, the job into history, the next jobs started."""

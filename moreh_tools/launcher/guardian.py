@@ -130,6 +130,13 @@ def _watch(read_fd: int, home: Path, host: str) -> None:
 def clean_up(heard: Heard, home: Path, host: str) -> None:
     """End the dead launcher's job: kill its processes, record it as lost, hand its devices on."""
     from moreh_tools.jobs import control, processes
+    from moreh_tools.remote.client import address
+
+    if address() is not None:  # the job is the remote master's: record its end there
+        from moreh_tools.remote.launcher import clean_up_lost
+
+        clean_up_lost(heard.job_id, heard.child_pid, heard.child_create_time, str(home))
+        return
     from state.store import StateStore
 
     store = StateStore(home)

@@ -83,3 +83,17 @@ def switch_to(token: str, *, text: str | None = None, option: ModelOption | None
         params = {"model": text}
     reply = _call("POST", SWITCH_PATH, token, params)
     return ModelOption(**reply["option"]), bool(reply["changed"])
+
+
+def server_versions() -> list[tuple[str, str]]:
+    """What ``moreh-smi -s`` shows, from the SDA Manager (its token: the user's, for authentication only)."""
+    from moreh_tools.smi.common import find_token
+
+    reply = _call("GET", "/api/remote/smi/version", find_token())
+    return [(str(name), str(value)) for name, value in reply["pairs"]]
+
+
+def release_remote(token: str, idx: str | None) -> list[int]:
+    """``moreh-smi -r``: release the token's jobs (of device ``idx``) on the SDA Manager; the ids released."""
+    reply = _call("POST", "/api/remote/smi/reset", token, {"idx": idx})
+    return [int(job_id) for job_id in reply["released"]]

@@ -130,14 +130,12 @@ def _run(argv: list[str]) -> int:
     from moreh_tools.smi.common import find_token
 
     store = _local_store()
-    if store is None and (args.server_version or args.reset or device_action is not None):
-        option = "-s" if args.server_version else "-r" if args.reset else "device"
+    if store is None and device_action is not None:
         raise UserError(
-            f"{PROG}: {option} is not available against a remote SDA Manager yet (MOREH_SDA_MANAGER_ADDRESS is "
+            f"{PROG}: device is not available against a remote SDA Manager yet (MOREH_SDA_MANAGER_ADDRESS is "
             "set); run it on the master, or unset the variable to use this host's state."
         )
     if args.server_version:
-        assert store is not None
         return _server_version(store, args.json)
     token = find_token()
     if device_action is not None:
@@ -146,7 +144,6 @@ def _run(argv: list[str]) -> int:
         assert store is not None
         return device_cli.run(store, token, device_action[0], device_action[1], " ".join([PROG, *argv]))
     if args.reset:
-        assert store is not None
         return _reset(store, token, args.idx)
     return _show(store, token, idx=args.idx, tokens=args.token, hardware=args.hardware, as_json=args.json)
 
@@ -263,21 +260,36 @@ def _print_json(data: object) -> int:
     return EXIT_OK
 
 
-def _server_version(store: StateStore, as_json: bool) -> int:
+def _server_version(store: StateStore | None, as_json: bool) -> int:
     from moreh_tools.grid import name_value_grid
 
-    with store.reading() as s:
-        versions = s.versions.all()
-    latest = next((v.version for v in versions if v.latest), "")
-    supported = ", ".join(v.version for v in versions if v.supported)
-    pairs = [("Server", f"moreh-tools {__version__}"), ("Latest Version", latest), ("Supported Versions", supported)]
+    if store is None:
+        from moreh_tools.remote.tools import server_versions
+
+        pairs = server_versions()
+    else:
+        with store.reading() as s:
+            versions = s.versions.all()
+        latest = next((v.version for v in versions if v.latest), "")
+        supported = ", ".join(v.version for v in versions if v.supported)
+        pairs = [
+            ("Server", f"moreh-tools {__version__}"),
+            ("Latest Version", latest),
+            ("Supported Versions", supported),
+        ]
     if as_json:
         return _print_json(dict(pairs))
     print(name_value_grid(pairs))
     return EXIT_OK
 
 
-def _reset(store: StateStore, token: str, idx: str | None) -> int:
+def _reset(store: StateStore | None, token: str, idx: str | None) -> int:
+    if store is None:
+        from moreh_tools.remote.tools import release_remote
+
+        release_remote(token, idx)
+        print("Device release success.")
+        return EXIT_OK
     from moreh_tools import identity
     from moreh_tools.smi.common import check_token
     from moreh_tools.smi.devices import owned_device

@@ -14,4 +14,5 @@ ROUTER_MODULES = (
     "moreh_tools.api.routes.log",
     "moreh_tools.api.routes.smclient",
     "moreh_tools.api.routes.remote",
+    "moreh_tools.api.routes.remote_jobs",
 )

@@ -87,3 +87,39 @@ def switch_model(request: Request, caller: CallerDep) -> dict[str, Any]:
     except UserError as exc:
         raise _refused(exc) from None
     return {"changed": changed, "option": asdict(option)}
+
+
+@router.get("/api/remote/smi/version", summary="What moreh-smi -s shows: server and worker versions (extension)")
+def smi_version(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """``{"pairs": [["Server", ...], ["Latest Version", ...], ["Supported Versions", ...]]}``."""
+    from moreh_tools import __version__
+
+    with request.app.state.store.reading() as s:
+        versions = s.versions.all()
+    latest = next((v.version for v in versions if v.latest), "")
+    supported = ", ".join(v.version for v in versions if v.supported)
+    pairs = [["Server", f"moreh-tools {__version__}"], ["Latest Version", latest], ["Supported Versions", supported]]
+    return {"pairs": pairs}
+
+
+@router.post("/api/remote/smi/reset", summary="moreh-smi -r: release the caller's jobs (extension)")
+def smi_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Release the caller's jobs (of device ``idx`` only, when given); ``{"released": [job ids]}``.
+
+    Queued jobs leave the queue; a running job's host daemon ends its processes and its launcher records the end.
+    """
+    idx = param(request, "idx", str, required=False)
+    from moreh_tools import identity
+    from moreh_tools.jobs.control import release_jobs
+    from moreh_tools.smi.devices import owned_device
+
+    store = request.app.state.store
+    try:
+        with store.reading() as s:
+            device = owned_device(s, caller.token, idx).id if idx is not None else None
+            jobs = [j for j in s.jobs.of_token(caller.token) if device is None or j.sda_id == device]
+    except UserError as exc:
+        raise _refused(exc) from None
+    if not jobs:
+        raise ApiError(BACKEND, "Device release failed. (Not running job.)", 409)
+    return {"released": release_jobs(store, jobs, identity.host_name())}
