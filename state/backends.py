@@ -363,38 +363,13 @@ class BackendRepository:
         now = time.time() if at is None else at
         self.s.conn.executemany(
             "INSERT INTO device_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                [
-                    now,
-                    backend_id,
-                    d.index,
-                    d.memory_total_mib,
-                    d.memory_used_mib,
-                    d.util_gpu,
-                    d.util_mem,
-                    d.temp_gpu,
-                    d.temp_mem,
-                ]
-                for d in samples
-            ],
+            [[now, backend_id, d.index, *_figures(d)] for d in samples],
         )
         _prune_samples(self.s, now)
         self.s.conn.executemany(
             "UPDATE devices SET memory_total_mib = ?, memory_used_mib = ?, util_gpu = ?, util_mem = ?, temp_gpu = ?, "
             "temp_mem = ?, sampled_at = now() WHERE backend_id = ? AND idx = ?",
-            [
-                [
-                    d.memory_total_mib,
-                    d.memory_used_mib,
-                    d.util_gpu,
-                    d.util_mem,
-                    d.temp_gpu,
-                    d.temp_mem,
-                    backend_id,
-                    d.index,
-                ]
-                for d in samples
-            ],
+            [[*_figures(d), backend_id, d.index] for d in samples],
         )
 
 
@@ -405,6 +380,18 @@ def sample_retention_s() -> float:
     except ValueError:
         return SAMPLE_RETENTION_S
     return value if value > 0 else SAMPLE_RETENTION_S
+
+
+def _figures(device: Device) -> list[int | None]:
+    """A sample's figures in the column order of ``device_samples`` and ``devices``."""
+    return [
+        device.memory_total_mib,
+        device.memory_used_mib,
+        device.util_gpu,
+        device.util_mem,
+        device.temp_gpu,
+        device.temp_mem,
+    ]
 
 
 def _prune_samples(s: Session, now: float) -> None:

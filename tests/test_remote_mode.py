@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -257,8 +258,7 @@ def test_moreh_smi_remote_refusals(smi_user: User, both: Callable[..., Any], mon
     assert (there.err, there.code) == (here.err, here.code)
     assert "moreh::InvalidToken" in there.err
     monkeypatch.setenv("MOREH_SDA_TOKEN", smi_user.token)
-    _, there = both(main, ["device", "--list"])
-    refused(there, 1, "not available against a remote SDA Manager")
+    refused(both(main, ["--dashboard"], remote_only=True), 1, "--dashboard works on this host's state only")
 
 
 def test_switch_model_is_the_same_remotely(smi_user: User, both: Callable[..., Any], api_server: ApiServer) -> None:
@@ -285,6 +285,123 @@ def test_switch_model_is_the_same_remotely(smi_user: User, both: Callable[..., A
     here = both(main, [], "1\nq\n", local_only=True)
     assert (there.out, there.err, there.code) == (here.out, here.err, here.code)
     assert 'successfully switched to  "Small.64GB"' in there.out
+
+
+# moreh-smi device ...: each command runs on a copy of the master's state, then through the API on the master.
+
+
+@pytest.fixture
+def twin(
+    api_server: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Result]:
+    """Run moreh-smi ``argv`` locally on a copy of the master's state, then remotely; assert the same output.
+
+    Both runs start from the same state (same next device id), so even a change prints the same table.
+    """
+    import shutil
+
+    from moreh_tools.smi.main import main
+
+    monkeypatch.setenv("MOREH_HOSTNAME", "vm-host")
+    monkeypatch.setenv("MOREH_TOKEN_FILE", "/nonexistent/moreh-token")
+    copies = iter(range(1000))
+
+    def run(argv: list[str], stdin: str = "") -> Result:
+        copy = tmp_path / f"local-{next(copies)}"
+        with StateStore(api_server.home).reading():  # holds the state's lock: nobody writes while we copy
+            shutil.copytree(api_server.home, copy, ignore=shutil.ignore_patterns("*.lock", "run", "*.log"))
+        with monkeypatch.context() as m:
+            m.delenv("MOREH_SDA_MANAGER_ADDRESS", raising=False)
+            m.setenv("MOREH_HOME", str(copy))
+            m.setattr(sys, "stdin", io.StringIO(stdin))
+            here = run_tool(main, argv, capsys)
+        with monkeypatch.context() as m:
+            m.setenv("MOREH_SDA_MANAGER_ADDRESS", address_of(api_server))
+            m.setenv("MOREH_HOME", str(tmp_path / "user-host"))
+            m.setattr(sys, "stdin", io.StringIO(stdin))
+            there = run_tool(main, argv, capsys)
+        assert not (tmp_path / "user-host").exists()
+        assert (there.out, there.err, there.code) == (here.out, here.err, here.code), (argv, stdin)
+        assert devices_of(api_server.home) == devices_of(copy), argv  # the same change, made on the master
+        return there
+
+    return run
+
+
+def devices_of(home: Path) -> list[tuple[Any, ...]]:
+    with StateStore(home).reading() as s:
+        return s.all(
+            "SELECT s.id, s.token, s.model_id, t.current_sda FROM sdas s JOIN tokens t ON t.value = s.token ORDER BY s.id"
+        )
+
+
+def test_moreh_smi_device_commands_are_the_same_remotely(smi_user: User, twin: Callable[..., Result]) -> None:
+    listed = twin(["device", "--list"])
+    assert listed.out.startswith("1. Small.64GB\n"), listed.out
+    added = twin(["device", "--add", "Medium.128GB"])
+    assert added.out.endswith("Create device success.\n"), added
+    assert added.code == 0
+    picked = twin(["device", "--add"], "x\n1\nq\n")  # a wrong answer re-prompts; q stops the picker
+    assert picked.out.count("Create device success.") == 1, picked
+    assert "Type a model number" in picked.err
+    switched = twin(["device", "--switch", "4"])
+    assert switched.out.startswith("\n"), switched
+    assert switched.out.endswith("Switch Current Device success.\n"), switched
+    twin(["device", "--switch"], "2\n")
+    removed = twin(["device", "--rm", "3"])
+    assert removed.out.endswith("Remove device success.\n"), removed
+    twin(["--rm"], "4\n")  # --rm works without 'device' too
+    twin(["device", "--rm"], "q\n")
+    assert [row[0] for row in devices_of(Path(os.environ["MOREH_HOME"]))] == [1, 2]
+
+
+def test_moreh_smi_device_refusals_are_the_same_remotely(
+    smi_user: User, twin: Callable[..., Result], api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused(twin(["device", "--rm", "1"]), 1, "cannot be removed while it is in use")
+    refused(twin(["device", "--rm", "99"]), 1, "Device 99 is not one of your devices")
+    refused(twin(["device", "--switch", "abc"]), 2, "'abc' is not a device id")
+    refused(twin(["device", "--add", "nonsense"]), 1, "'nonsense' is not a model this token may use")
+    refused(twin(["device", "--add", "99"]), 1, "There is no model number 99")
+    eof = twin(["device", "--add"], "")
+    assert eof.code == 1
+    assert "The input ended at the selection prompt" in eof.err, eof
+    eof = twin(["device", "--switch"], "7\n")  # a wrong id, then the input ends
+    assert eof.code == 1
+    assert "Type one of your device ids (1, 2)" in eof.err, eof
+    # Another token's device: neither removed nor switched to, and its id is not revealed as existing.
+    other = api_server.make_token("other@vm")
+    other_device = admin(lambda s: s.sdas.create(other, "", 1))
+    refused(twin(["device", "--rm", str(other_device)]), 1, f"Device {other_device} is not one of your devices")
+    refused(twin(["device", "--switch", str(other_device)]), 1, "your devices are: 1, 2")
+    # At the token's max SDA (the admin's limit): --add refused with and without a model.
+    admin(lambda s: s.tokens.update_max_sda(smi_user.token, 2))
+    refused(twin(["device", "--add", "1"]), 1, "the most this token may have (2)")
+    refused(twin(["device", "--add"]), 1, "the most this token may have (2)")
+    # A token with no device, and one the master does not know.
+    monkeypatch.setenv("MOREH_SDA_TOKEN", api_server.make_token("empty@vm"))
+    refused(twin(["device", "--rm"]), 1, "This token has no device yet")
+    monkeypatch.setenv("MOREH_SDA_TOKEN", "no-such-token")
+    refused(twin(["device", "--list"]), 1, "moreh::InvalidToken")
+    assert other_device in [row[0] for row in devices_of(api_server.home)]
+
+
+def test_device_endpoints_refuse_bad_parameters(smi_user: User, api_server: ApiServer) -> None:
+    with api_server.client(smi_user.token) as client:
+        for path, params in [
+            ("/api/remote/smi/device/add", {}),
+            ("/api/remote/smi/device/add", {"model": "1", "option": "{}"}),
+            ("/api/remote/smi/device/add", {"option": "[1]"}),
+            ("/api/remote/smi/device/add", {"option": '{"number": 1}'}),
+            ("/api/remote/smi/device/rm", {}),
+            ("/api/remote/smi/device/switch", {}),
+        ]:
+            response = client.post(path, params=params)
+            assert response.status_code == 400, (path, params, response.text)
+            assert response.json()["code"] == 600, response.text
+        response = client.post("/api/remote/smi/device/switch", params={"device": "x"})
+        assert (response.status_code, response.json()["code"]) == (422, 602)
+    assert len(devices_of(api_server.home)) == 2
 
 
 def model_name(server: ApiServer, sda_id: int) -> str:

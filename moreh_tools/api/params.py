@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import json
 import textwrap
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -81,6 +80,11 @@ def convert(name: str, raw: str, kind: type) -> Any:
     raise TypeError(f"unsupported parameter kind {kind!r}")
 
 
+def first_given(*values: Any) -> Any:
+    """The first value that is not None (None when all are): for a parameter clients send under several names."""
+    return next((v for v in values if v is not None), None)
+
+
 def param(request: Request, name: str, kind: type = str, *, required: bool = True, default: Any = None) -> Any:
     """Return query parameter ``name`` converted to ``kind``; 600 naming it when missing or malformed.
 
@@ -97,22 +101,6 @@ def param(request: Request, name: str, kind: type = str, *, required: bool = Tru
             )
         return default
     return convert(name, raw, kind)
-
-
-async def body(request: Request) -> dict[str, Any]:
-    """Return the request's JSON object body ({} when empty); 600 when it is not a JSON object."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(
-            SYNTAX, "SyntaxError. The request body is not valid JSON; send a JSON object or nothing."
-        ) from None
-    if not isinstance(parsed, dict):
-        raise ApiError(SYNTAX, "SyntaxError. The request body must be a JSON object.")
-    return parsed
 
 
 # -- OpenAPI: the parameters an endpoint reads ----------------------------------------------------------------------

@@ -59,6 +59,10 @@ class TokenViews:
             for member in group.tokens:
                 self.groups_of.setdefault(member, []).append(group)
 
+    def visible_groups(self) -> list[UserGroup]:
+        """Every user group for ADMIN and DEVELOPER; for USER, the groups its token is in."""
+        return self.groups if self.caller.reads_all else self.groups_of.get(self.caller.token, [])
+
     def sees(self, value: str) -> bool:
         """Whether the caller may see this token's details (its own, or any for ADMIN and DEVELOPER)."""
         return self.caller.reads_all or self.caller.owns(value)

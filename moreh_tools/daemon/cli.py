@@ -24,7 +24,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -210,33 +210,46 @@ def _api_address(text: str | None, once: bool) -> tuple[str, int] | None:
     return host, port
 
 
-def _serve(home: Path, host: str, interval: float, once: bool) -> int:
+@contextlib.contextmanager
+def _local_backend(store: StateStore, home: Path, host: str, interval: float) -> Iterator[GpuProvider | None]:
+    """This host's GPUs, registered as a backend and logged as running, closed on exit; None (the reason said on
+    stderr) when there are no GPUs or the state refuses the registration."""
     from moreh_tools import gpus
     from moreh_tools.gpus.base import GpuUnavailableError
     from moreh_tools.gpus.local import ensure_local_backend
     from state.errors import StateError
-    from state.store import StateStore
 
-    stopper = Stopper()
-    store = StateStore(home)
     try:
         provider = gpus.get_provider()
     except GpuUnavailableError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        yield None
+        return
     try:
         try:
             backend_id = ensure_local_backend(store, provider, host=host)
         except StateError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            yield None
+            return
         _log(
             f"running (pid {os.getpid()}, backend {backend_id} '{host}', {provider.description}, "
             f"every {interval:g} s, state {home})"
         )
-        _tick_loop(store, host, provider, interval, once, stopper, lambda: False)
+        yield provider
     finally:
         provider.close()
+
+
+def _serve(home: Path, host: str, interval: float, once: bool) -> int:
+    from state.store import StateStore
+
+    stopper = Stopper()
+    store = StateStore(home)
+    with _local_backend(store, home, host, interval) as provider:
+        if provider is None:
+            return EXIT_FAILED
+        _tick_loop(store, host, provider, interval, once, stopper, lambda: False)
     if stopper.stopping is not None:
         _log(f"stopped ({signal.Signals(stopper.stopping).name})")
     return 0
@@ -273,11 +286,7 @@ def _tick_loop(
 
 def _serve_api(home: Path, host: str, interval: float, address: tuple[str, int]) -> int:
     """Serve the API (uvicorn, main thread) and tick in a background thread until SIGTERM/SIGINT."""
-    from moreh_tools import gpus
     from moreh_tools.api.server import AddressError, listen, serve
-    from moreh_tools.gpus.base import GpuUnavailableError
-    from moreh_tools.gpus.local import ensure_local_backend
-    from state.errors import StateError
     from state.store import StateStore
 
     stopper = Stopper()  # SIGHUP stops both; uvicorn takes SIGTERM/SIGINT while it serves and re-raises them after
@@ -288,29 +297,16 @@ def _serve_api(home: Path, host: str, interval: float, address: tuple[str, int])
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        provider = gpus.get_provider()
-    except GpuUnavailableError as exc:
-        sock.close()
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        try:
-            backend_id = ensure_local_backend(store, provider, host=host)
-        except StateError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        _log(
-            f"running (pid {os.getpid()}, backend {backend_id} '{host}', {provider.description}, "
-            f"every {interval:g} s, state {home})"
-        )
-        code = serve(
-            store,
-            sock,
-            lambda should_stop: _tick_loop(store, host, provider, interval, False, stopper, should_stop),
-            _log,
-        )
+        with _local_backend(store, home, host, interval) as provider:
+            if provider is None:
+                return EXIT_FAILED
+            code = serve(
+                store,
+                sock,
+                lambda should_stop: _tick_loop(store, host, provider, interval, False, stopper, should_stop),
+                _log,
+            )
     finally:
         sock.close()
-        provider.close()
     _log("stopped")
     return code

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from moreh_tools.smi.common import UserError, check_token
-from moreh_tools.smi.status import SIMULATED_GPU_NAME, SmiStatus, collect_status
+from moreh_tools.smi.status import SIMULATED_GPU_NAME, SmiStatus, collect_status, used_percent
 
 if TYPE_CHECKING:
     from moreh_tools.smi.devices import ModelOption
@@ -158,9 +158,7 @@ class GridDevice:
     @property
     def memory_percent(self) -> int | None:
         """Memory in use as a whole percentage (None: not sampled)."""
-        if self.memory_used_mib is None or not self.memory_total_mib:
-            return None
-        return round(100 * self.memory_used_mib / self.memory_total_mib)
+        return used_percent(self.memory_used_mib, self.memory_total_mib)
 
 
 @dataclass(frozen=True)

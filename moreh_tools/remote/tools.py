@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moreh_tools.remote.client import RemoteError, connect
-from moreh_tools.smi.common import UserError
+from moreh_tools.smi.common import EXIT_FAILED, EXIT_USAGE, UserError
+
+#: The HTTP status of the server's refusals of bad usage (the local tool's exit status 2).
+USAGE_REFUSED = 422
 
 if TYPE_CHECKING:
     from moreh_tools.smi.devices import ModelOption
@@ -21,7 +24,8 @@ def _call(method: str, path: str, token: str, params: dict[str, Any] | None = No
     except RemoteError as exc:
         if exc.status == 401:
             raise unknown_token() from None
-        raise UserError(str(exc)) from None
+        # 422: the refusal of bad usage (a device id that is not a number), exit 2 as locally.
+        raise UserError(str(exc), EXIT_USAGE if exc.status == USAGE_REFUSED else EXIT_FAILED) from None
 
 
 def remote_status(token: str) -> SmiStatus:

@@ -130,18 +130,12 @@ def _run(argv: list[str]) -> int:
     from moreh_tools.smi.common import find_token
 
     store = _local_store()
-    if store is None and device_action is not None:
-        raise UserError(
-            f"{PROG}: device is not available against a remote SDA Manager yet (MOREH_SDA_MANAGER_ADDRESS is "
-            "set); run it on the master, or unset the variable to use this host's state."
-        )
     if args.server_version:
         return _server_version(store, args.json)
     token = find_token()
     if device_action is not None:
         from moreh_tools.smi import device_cli
 
-        assert store is not None
         return device_cli.run(store, token, device_action[0], device_action[1], " ".join([PROG, *argv]))
     if args.reset:
         return _reset(store, token, args.idx)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from moreh_tools.smi.common import EndOfInput
+
+if TYPE_CHECKING:
+    from moreh_tools.smi.devices import ModelOption
 
 T = TypeVar("T")
 
@@ -68,6 +71,23 @@ def ask(
         stdout.flush()
         print(hint, file=stderr)
         stderr.flush()
+
+
+def pick_model(lines: Sequence[str], options: Sequence[ModelOption]) -> ModelOption | None:
+    """Print the numbered model list and ask for a number; None (after a blank line) when the user quits.
+
+    The ``moreh-smi device --add`` and ``moreh-switch-model`` pickers, local and remote alike.
+    """
+    print("\n".join(lines))
+    print()
+    choice = ask(
+        f"Selection ({span_text([o.number for o in options])}, q, Q): ",
+        numbered({o.number: o for o in options}),
+        f"Type a model number from 1 to {len(options)}, or q to quit.",
+    )
+    if choice is None:
+        print()
+    return choice
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -29,6 +29,13 @@ SAMPLE_MAX_AGE_S = 2.0
 _ACTIVE = ("SUBMITTED", "RUNNING")
 
 
+def used_percent(used_mib: int | None, total_mib: int | None) -> int | None:
+    """Memory in use as a whole percentage of the total (None: not sampled, or no total)."""
+    if used_mib is None or not total_mib:
+        return None
+    return round(100 * used_mib / total_mib)
+
+
 @dataclass(frozen=True)
 class GpuStatus:
     """One physical GPU behind a device, with its last sampled figures (None: never sampled)."""
@@ -57,9 +64,7 @@ class GpuStatus:
     @property
     def memory_percent(self) -> int | None:
         """Memory in use as a whole percentage of the total."""
-        if self.memory_used_mib is None or not self.memory_total_mib:
-            return None
-        return round(100 * self.memory_used_mib / self.memory_total_mib)
+        return used_percent(self.memory_used_mib, self.memory_total_mib)
 
 
 @dataclass(frozen=True)

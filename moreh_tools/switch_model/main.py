@@ -106,21 +106,14 @@ def _current_text(sda: SDA, options: list[ModelOption], store: StateStore) -> st
 
 def _picker(store: StateStore, token: str, command: str) -> int:
     from moreh_tools.smi import devices
-    from moreh_tools.smi.prompt import ask, numbered
+    from moreh_tools.smi.prompt import pick_model
 
     sda, options = _read(store, token)
     print(f"Current {DEVICE_NAME}: {_current_text(sda, options, store)}")
     print()
     while True:
-        print("\n".join(devices.list_lines(options, sda, marker=True)))
-        print()
-        choice = ask(
-            f"Selection (1-{len(options)}, q, Q): " if len(options) > 1 else "Selection (1, q, Q): ",
-            numbered({o.number: o for o in options}),
-            f"Type a model number from 1 to {len(options)}, or q to quit.",
-        )
+        choice = pick_model(devices.list_lines(options, sda, marker=True), options)
         if choice is None:
-            print()
             return EXIT_OK
         with store.transaction(command) as s:
             changed = devices.switch_model(s, token, choice)
@@ -137,21 +130,14 @@ def _switch_remote(token: str, model: str | None) -> int:
         option, changed = tools.switch_to(token, text=model)
         print(_switched(option) if changed else f'The {DEVICE_NAME} model is already "{option.name}".')
         return EXIT_OK
-    from moreh_tools.smi.prompt import ask, numbered
+    from moreh_tools.smi.prompt import pick_model
 
     current, options, lines = tools.model_choices(token)
     print(f"Current {DEVICE_NAME}: {current}")
     print()
     while True:
-        print("\n".join(lines))
-        print()
-        choice = ask(
-            f"Selection (1-{len(options)}, q, Q): " if len(options) > 1 else "Selection (1, q, Q): ",
-            numbered({o.number: o for o in options}),
-            f"Type a model number from 1 to {len(options)}, or q to quit.",
-        )
+        choice = pick_model(lines, options)
         if choice is None:
-            print()
             return EXIT_OK
         option, changed = tools.switch_to(token, option=choice)
         print(_switched(option) if changed else f'The {DEVICE_NAME} model is already "{option.name}".')

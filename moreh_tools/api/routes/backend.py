@@ -13,7 +13,7 @@ from moreh_tools.api import ipmi
 from moreh_tools.api.auth import CallerDep, require_admin, require_reader
 from moreh_tools.api.errors import SYNTAX, ApiError
 from moreh_tools.api.params import param
-from moreh_tools.api.views import success
+from moreh_tools.api.views import backend_brief, success
 from state.backends import check_ip
 from state.errors import NotFoundError
 from state.records import Backend, BackendGroup
@@ -45,27 +45,7 @@ def group_view(group: BackendGroup) -> dict[str, Any]:
 def backend_view(backend: Backend, ipmi_info: dict[int, tuple[str, int]]) -> dict[str, Any]:
     """A backend as the document's Backend: devices, group and IPMI address."""
     ipmi_ip, ipmi_status = ipmi_info.get(backend.id, ("", IPMI_UNKNOWN))
-    return {
-        "id": backend.id,
-        "type": "GPU",
-        "ip": backend.ip,
-        "port": "",
-        "devices": [
-            {
-                "id": d.index,
-                "name": d.name or f"Device {d.index}",
-                "backendId": str(backend.id),
-                "status": d.status,
-                "uuid": d.uuid,
-                "memoryTotalMiB": d.memory_total_mib,
-            }
-            for d in backend.devices
-        ],
-        "name": backend.host,
-        "status": backend.status,
-        "group": {"id": backend.group_id, "name": backend.group_name, "index": backend.group_id, "combine": False},
-        "ipmi": {"ip": ipmi_ip, "status": ipmi_status},
-    }
+    return {**backend_brief(backend), "ipmi": {"ip": ipmi_ip, "status": ipmi_status}}
 
 
 def _backend_by_ipmi(s: Session, node: str) -> int:

@@ -15,6 +15,7 @@ from moreh_tools.api.params import param
 from moreh_tools.api.views import TokenViews, command_text, store_of, success
 
 if TYPE_CHECKING:
+    from moreh_tools.api.auth import Caller
     from state.records import ModelGroup, UserGroup
     from state.session import Session
 
@@ -40,13 +41,16 @@ def _with_children(s: Session, views: TokenViews, groups: list[UserGroup]) -> li
     return [{**views.group(g), "children": [_model_group(m) for m in links.get(g.id, [])]} for g in groups]
 
 
+def _one_with_children(s: Session, caller: Caller, group_id: int) -> dict[str, Any]:
+    return _with_children(s, TokenViews(s, caller, []), [s.user_groups.get(group_id)])[0]
+
+
 @router.get("/api/membership", summary="User groups and the SDA model groups each is a member of")
 def list_memberships(request: Request, caller: CallerDep) -> Any:
     """Every user group with its ``children`` (SDA model groups); a USER sees only the groups its token is in."""
     with store_of(request).reading() as s:
         views = TokenViews(s, caller, None if caller.reads_all else [caller.token])
-        groups = views.groups if caller.reads_all else views.groups_of.get(caller.token, [])
-        return _with_children(s, views, groups)
+        return _with_children(s, views, views.visible_groups())
 
 
 @router.post("/api/membership", summary="Make a user group a member of an SDA model group (ADMIN)")
@@ -57,7 +61,7 @@ def add_membership(request: Request, caller: CallerDep) -> Any:
     require_admin(caller)
     with store_of(request).transaction(command_text(request)) as s:
         s.memberships.add(parent, child)
-        result = _with_children(s, TokenViews(s, caller, []), [s.user_groups.get(parent)])[0]
+        result = _one_with_children(s, caller, parent)
     return success(result)
 
 
@@ -69,5 +73,5 @@ def remove_membership(request: Request, caller: CallerDep) -> Any:
     require_admin(caller)
     with store_of(request).transaction(command_text(request)) as s:
         s.memberships.remove(parent, child)
-        result = _with_children(s, TokenViews(s, caller, []), [s.user_groups.get(parent)])[0]
+        result = _one_with_children(s, caller, parent)
     return success(result)

@@ -20,8 +20,13 @@ router = APIRouter(tags=["Remote tools"])
 
 
 def _refused(exc: UserError) -> ApiError:
-    # The user tools' refusals ("no current device", "in use") are back-end refusals with the tool's own line.
-    return ApiError(BACKEND, str(exc), 409)
+    # The user tools' refusals ("no current device", "in use") are back-end refusals with the tool's own line;
+    # a usage refusal (exit status 2 locally, e.g. a device id that is not a number) is HTTP 422 so the client
+    # exits with 2 too.
+    from moreh_tools.remote.tools import USAGE_REFUSED
+    from moreh_tools.smi.common import EXIT_USAGE
+
+    return ApiError(BACKEND, str(exc), USAGE_REFUSED if exc.code == EXIT_USAGE else 409)
 
 
 @router.get("/api/remote/smi/status", summary="The caller's moreh-smi status (extension)")
@@ -123,3 +128,103 @@ def smi_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
     if not jobs:
         raise ApiError(BACKEND, "Device release failed. (Not running job.)", 409)
     return {"released": release_jobs(store, jobs, identity.host_name())}
+
+
+# moreh-smi device --list/--add/--rm/--switch: the steps of moreh_tools.smi.device_cli, for the caller's token.
+
+
+@router.get("/api/remote/smi/device/models", summary="The models the caller may add a device of (extension)")
+def device_models(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """``{"options": [ModelOption...]}``; with ``room=true`` refused (602) when the caller is at its max SDA."""
+    need_room = param(request, "room", bool, required=False, default=False)
+    from moreh_tools.smi.device_cli import models_in
+
+    try:
+        with request.app.state.store.reading() as s:
+            options = models_in(s, caller.token, need_room=bool(need_room))
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"options": [asdict(o) for o in options]}
+
+
+@router.post("/api/remote/smi/device/add", summary="moreh-smi device --add: add a device (extension)")
+def device_add(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Add a device of ``model`` (list number, name or name@group) or of the picked ``option`` (a ModelOption
+    as JSON); ``{"table", "room", "options"}``."""
+    text = param(request, "model", str, required=False)
+    picked = param(request, "option", str, required=False)
+    if (text is None) == (picked is None):
+        raise ApiError(600, "SyntaxError. Give exactly one of the parameters 'model' and 'option'.")
+    from moreh_tools.smi.device_cli import add_in
+
+    model = text if text is not None else _option_from(str(picked))
+    try:
+        with request.app.state.store.transaction("moreh-smi device --add (api)") as s:
+            added = add_in(s, caller.token, model)
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"table": added.table, "room": added.room, "options": [asdict(o) for o in added.options]}
+
+
+def _option_from(text: str) -> Any:
+    import json
+
+    from moreh_tools.smi.devices import ModelOption
+
+    kinds: dict[str, tuple[type, ...]] = {
+        "number": (int,),
+        "model_id": (int,),
+        "name": (str,),
+        "devices": (int,),
+        "group_id": (int, type(None)),
+        "group_name": (str, type(None)),
+    }
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if (
+        not isinstance(data, dict)
+        or set(data) != set(kinds)
+        or not all(isinstance(data[k], t) and not isinstance(data[k], bool) for k, t in kinds.items())
+    ):
+        raise ApiError(600, f"SyntaxError. Parameter 'option' must be a JSON object with the keys {', '.join(kinds)}.")
+    return ModelOption(**data)
+
+
+@router.get("/api/remote/smi/device/owned", summary="The caller's device ids and their table (extension)")
+def device_owned(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """``{"owned": [device ids], "table": "..."}``: what the --rm/--switch pickers show."""
+    from moreh_tools.smi.device_cli import owned_in
+
+    try:
+        with request.app.state.store.reading() as s:
+            owned, table = owned_in(s, caller.token)
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"owned": owned, "table": table}
+
+
+@router.post("/api/remote/smi/device/rm", summary="moreh-smi device --rm: remove a device (extension)")
+def device_rm(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Remove the caller's device ``device`` (refused while a job uses it); ``{"table": "..."}``."""
+    device = param(request, "device", str)
+    return _change(request, caller.token, "rm", device)
+
+
+@router.post("/api/remote/smi/device/switch", summary="moreh-smi device --switch: current device (extension)")
+def device_switch(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Make the caller's device ``device`` its current one; ``{"table": "..."}``."""
+    device = param(request, "device", str)
+    return _change(request, caller.token, "switch", device)
+
+
+def _change(request: Request, token: str, action: str, device: str) -> dict[str, Any]:
+    from moreh_tools.smi.device_cli import change_in
+
+    try:
+        with request.app.state.store.transaction(f"moreh-smi device --{action} (api)") as s:
+            table = change_in(s, token, action, device)
+    except UserError as exc:
+        raise _refused(exc) from None
+    return {"table": table}

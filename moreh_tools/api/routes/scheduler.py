@@ -35,10 +35,6 @@ HISTORY_STATUSES = {
 QUEUE_STATUSES = {"running": ("SUBMITTED", "RUNNING"), "waiting": ("QUEUED",)}
 
 
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
 def _missing_job(job_id: int) -> ApiError:
     return ApiError(NOT_FOUND, f"Job {job_id} is not in the queue; list the queue with GET /api/scheduler/queue.", 404)
 

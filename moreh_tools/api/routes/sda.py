@@ -6,28 +6,42 @@ Reserved SDAs hold devices for good, so only an ADMIN creates them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 
 from moreh_tools.api.auth import CallerDep, require_admin, require_self_or_admin
 from moreh_tools.api.errors import NOT_FOUND, ApiError
-from moreh_tools.api.params import param
+from moreh_tools.api.params import first_given, param
 from moreh_tools.api.views import SdaViews, command_text, store_of, success
 from state.reports import job_processes
+
+if TYPE_CHECKING:
+    from moreh_tools.api.auth import Caller
+    from state.session import Session
 
 router = APIRouter(tags=["SDA"])
 
 
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
+def _sda_id(request: Request) -> int | None:
+    """The SDA id of a change, under any of the names clients send it by."""
+    return first_given(
+        param(request, "sdaId", int, required=False),
+        param(request, "sdaid", int, required=False),
+        param(request, "id", int, required=False),
+    )
+
+
+def _sda_shown(s: Session, caller: Caller, sda_id: int) -> dict[str, Any]:
+    sda = s.sdas.get(sda_id)
+    return SdaViews(s, caller, [sda]).sda(sda)
 
 
 @router.get("/api/sdamanager/sda", summary="SDAs (one token's, or all for ADMIN/DEVELOPER)")
 def get_sda(request: Request, caller: CallerDep) -> Any:
     """The caller's SDAs (``token`` picks another token for ADMIN/DEVELOPER); ``sdaId`` answers one SDA object."""
     token = param(request, "token", required=False)
-    sda_id = _first(param(request, "sdaId", int, required=False), param(request, "id", int, required=False))
+    sda_id = first_given(param(request, "sdaId", int, required=False), param(request, "id", int, required=False))
     if token is None and not caller.reads_all:
         token = caller.token
     if token is not None and not caller.reads_all:
@@ -48,16 +62,14 @@ def create_sda(request: Request, caller: CallerDep) -> Any:
     """Create an SDA of SDA model ``model`` for ``token``; ``group`` picks the SDA model group to reach it by."""
     model = param(request, "model", int)
     token = param(request, "token")
-    desc = _first(param(request, "desc", required=False), param(request, "description", required=False)) or ""
+    desc = first_given(param(request, "desc", required=False), param(request, "description", required=False)) or ""
     reserved = param(request, "reserved", bool, required=False, default=False)
     group = param(request, "group", int, required=False)
     require_self_or_admin(caller, token)
     if reserved:
         require_admin(caller)
     with store_of(request).transaction(command_text(request)) as s:
-        sda_id = s.sdas.create(token, desc, model, group, reserved=reserved)
-        sda = s.sdas.get(sda_id)
-        result = SdaViews(s, caller, [sda]).sda(sda)
+        result = _sda_shown(s, caller, s.sdas.create(token, desc, model, group, reserved=reserved))
     return success(result)
 
 
@@ -66,17 +78,11 @@ def update_sda(request: Request, caller: CallerDep) -> Any:
     """Switch SDA ``sdaId`` of ``token`` (its current SDA when left out) to SDA model ``model``."""
     token = param(request, "token")
     model = param(request, "model", int)
-    sda_id = _first(
-        param(request, "sdaId", int, required=False),
-        param(request, "sdaid", int, required=False),
-        param(request, "id", int, required=False),
-    )
+    sda_id = _sda_id(request)
     group = param(request, "group", int, required=False)
     require_self_or_admin(caller, token)
     with store_of(request).transaction(command_text(request)) as s:
-        changed = s.sdas.update_model(token, model, group, sda_id)
-        sda = s.sdas.get(changed)
-        result = SdaViews(s, caller, [sda]).sda(sda)
+        result = _sda_shown(s, caller, s.sdas.update_model(token, model, group, sda_id))
     return success(result)
 
 
@@ -84,11 +90,7 @@ def update_sda(request: Request, caller: CallerDep) -> Any:
 def delete_sda(request: Request, caller: CallerDep) -> Any:
     """Delete every SDA of ``token``, or only ``sdaId``; an SDA with a job in the queue is refused (602)."""
     token = param(request, "token")
-    sda_id = _first(
-        param(request, "sdaId", int, required=False),
-        param(request, "sdaid", int, required=False),
-        param(request, "id", int, required=False),
-    )
+    sda_id = _sda_id(request)
     require_self_or_admin(caller, token)
     with store_of(request).transaction(command_text(request)) as s:
         s.sdas.delete(token, sda_id)

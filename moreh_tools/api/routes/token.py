@@ -13,14 +13,10 @@ from fastapi import APIRouter, Request
 from moreh_tools.api.app import forget_token
 from moreh_tools.api.auth import CallerDep, require_admin, require_self_or_admin
 from moreh_tools.api.errors import SYNTAX, ApiError
-from moreh_tools.api.params import param
+from moreh_tools.api.params import first_given, param
 from moreh_tools.api.views import TokenViews, command_text, store_of, success
 
 router = APIRouter(tags=["Token"])
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
 
 
 @router.get("/api/sdamanager/token", summary="Tokens (the caller's own for USER)")
@@ -72,7 +68,7 @@ def update_token(request: Request, caller: CallerDep) -> Any:
     """Change what is given of ``desc``, ``targetSdaId`` (also USER, own token) and, ADMIN only,
     ``priority``, ``maxSdaCount``, ``maxDuplicates`` and ``accessLevel``; all in one transaction."""
     token = param(request, "token")
-    desc = _first(param(request, "desc", required=False), param(request, "description", required=False))
+    desc = first_given(param(request, "desc", required=False), param(request, "description", required=False))
     priority = param(request, "priority", int, required=False)
     max_sda = param(request, "maxSdaCount", int, required=False)
     target_sda = param(request, "targetSdaId", int, required=False)
@@ -128,8 +124,7 @@ def list_token_groups(request: Request, caller: CallerDep) -> Any:
     """Every user group with its tokens; a USER sees only the groups its token is in, others' tokens redacted."""
     with store_of(request).reading() as s:
         views = TokenViews(s, caller, None if caller.reads_all else [caller.token])
-        groups = views.groups if caller.reads_all else views.groups_of.get(caller.token, [])
-        return [views.group(g, member_objects=True) for g in groups]
+        return [views.group(g, member_objects=True) for g in views.visible_groups()]
 
 
 @router.post("/api/sdamanager/token/group", summary="Create a user group (ADMIN)")
@@ -138,7 +133,7 @@ def create_token_group(request: Request, caller: CallerDep) -> Any:
     require_admin(caller)
     alias = param(request, "name", required=False)
     label = alias if alias is not None else param(request, "label")
-    desc = _first(param(request, "desc", required=False), param(request, "description", required=False)) or ""
+    desc = first_given(param(request, "desc", required=False), param(request, "description", required=False)) or ""
     with store_of(request).transaction(command_text(request)) as s:
         group_id = s.user_groups.create(label, desc)
         result = TokenViews(s, caller, []).group(s.user_groups.get(group_id), member_objects=True)
@@ -149,7 +144,7 @@ def create_token_group(request: Request, caller: CallerDep) -> Any:
 def update_token_group(request: Request, caller: CallerDep) -> Any:
     """Rename user group ``id`` to ``label`` (without ``label`` nothing changes)."""
     group_id = param(request, "id", int)
-    label = _first(param(request, "label", required=False), param(request, "name", required=False))
+    label = first_given(param(request, "label", required=False), param(request, "name", required=False))
     require_admin(caller)
     with store_of(request).transaction(command_text(request)) as s:
         s.user_groups.get(group_id)

@@ -5,6 +5,8 @@ Passwords and QnA answers are stored only as salted scrypt hashes (state/users.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,10 +25,14 @@ def _user(user: User) -> dict[str, Any]:
     return {"nId": user.n_id, "sId": user.id, "sName": user.name, "sSalt": user.salt, "sQuestion": user.question}
 
 
-def _db_error(exc: StateError) -> ApiError:
+@contextmanager
+def _db_errors() -> Iterator[None]:
     """The User group reports every database-side failure as 601, like the document's MySQL errors."""
-    status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
-    return ApiError(NOT_FOUND, str(exc), status)
+    try:
+        yield
+    except StateError as exc:
+        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
+        raise ApiError(NOT_FOUND, str(exc), status) from None
 
 
 def _affected(rows: int = 1, insert_id: int = 0) -> dict[str, int]:
@@ -38,11 +44,8 @@ def list_users(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
     """Every sign-in user, or only ``id``."""
     require_admin(caller)
     user_id = param(request, "id", str, required=False)
-    try:
-        with request.app.state.store.reading() as s:
-            return [_user(u) for u in s.users.all(user_id)]
-    except StateError as exc:
-        raise _db_error(exc) from None
+    with _db_errors(), request.app.state.store.reading() as s:
+        return [_user(u) for u in s.users.all(user_id)]
 
 
 @router.post("/api/user", summary="Store a user")
@@ -55,11 +58,8 @@ def create_user(request: Request, caller: CallerDep) -> dict[str, int]:
     password = param(request, "password", str)
     question = param(request, "question", str)
     answer = param(request, "answer", str)
-    try:
-        with request.app.state.store.transaction("api: POST /api/user") as s:
-            number = s.users.create(user_id, name, salt, password, question, answer)
-    except StateError as exc:
-        raise _db_error(exc) from None
+    with _db_errors(), request.app.state.store.transaction("api: POST /api/user") as s:
+        number = s.users.create(user_id, name, salt, password, question, answer)
     return _affected(1, number)
 
 
@@ -70,11 +70,8 @@ def reset_password(request: Request, caller: CallerDep) -> dict[str, int]:
     user_id = param(request, "id", str)
     password = param(request, "password", str)
     answer = param(request, "answertoken", str)
-    try:
-        with request.app.state.store.transaction("api: PUT /api/user") as s:
-            s.users.reset_password(user_id, password, answer)
-    except StateError as exc:
-        raise _db_error(exc) from None
+    with _db_errors(), request.app.state.store.transaction("api: PUT /api/user") as s:
+        s.users.reset_password(user_id, password, answer)
     return _affected(1)
 
 

@@ -121,6 +121,16 @@ def _token_name(s: Session, token: str) -> str:
     return str(row[0]) if row else ""
 
 
+def _queued_job(s: Session, job_id: int, ended: str) -> Job:
+    """Job ``job_id`` of the queue; NotFoundError saying ``ended`` when it is in the history instead."""
+    job = s.jobs.find(job_id)
+    if job is None:
+        if s.jobs.history_entry(job_id) is not None:
+            raise NotFoundError(ended)
+        raise NotFoundError(f"Job {job_id} is not in the queue; list the queue with 'show job'.")
+    return job
+
+
 def _count_arg(args: list[str], index: int, what: str) -> int:
     if len(args) <= index:
         return DEFAULT_HISTORY_COUNT
@@ -214,11 +224,7 @@ def show_job(ctx: Context, args: list[str]) -> Output:
 def get_job_feid(ctx: Context, args: list[str]) -> Output:
     job_id = to_int(args[0], "frontend id")
     with ctx.read() as s:
-        job = s.jobs.find(job_id)
-        if job is None:
-            if s.jobs.history_entry(job_id) is not None:
-                raise NotFoundError(f"Job {job_id} has ended; see it with 'get history feid {job_id}'.")
-            raise NotFoundError(f"Job {job_id} is not in the queue; list the queue with 'show job'.")
+        job = _queued_job(s, job_id, f"Job {job_id} has ended; see it with 'get history feid {job_id}'.")
         return _job_detail(s, [job])
 
 
@@ -276,12 +282,7 @@ def release(ctx: Context, args: list[str]) -> Output:
                     f"An SDA ID selects among a token's jobs; with a frontend id leave it out: 'release {target}'."
                 )
             job_id = to_int(target, "frontend id")
-            job = s.jobs.find(job_id)
-            if job is None:
-                if s.jobs.history_entry(job_id) is not None:
-                    raise NotFoundError(f"Job {job_id} has already ended; see 'get history feid {job_id}'.")
-                raise NotFoundError(f"Job {job_id} is not in the queue; list the queue with 'show job'.")
-            jobs = [job]
+            jobs = [_queued_job(s, job_id, f"Job {job_id} has already ended; see 'get history feid {job_id}'.")]
         else:
             jobs = s.jobs.of_token(target)
             if sda_id is not None:
