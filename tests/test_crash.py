@@ -217,23 +217,35 @@ def acknowledged_changes_missing(session: object, entries: list[list[str]]) -> l
 
 
 def device_statuses_missing(session: object, entries: list[list[str]]) -> list[str]:
-    """Devices whose admin status is neither the last acknowledged one nor one tried after it.
+    """Devices whose admin status is not the one their last committed update set, or lost updates.
 
-    Only meaningful once no job holds a device (after the final daemon tick).
+    Workers log their acks each to their own file, so the logs cannot say which of two workers'
+    updates committed last; the event each update writes in its own transaction can. So: every
+    acknowledged update has its event, and each device shows the status of its last event (IDLE
+    when it has none). Only meaningful once no job holds a device (after the final daemon tick).
     """
     from state.session import Session
 
     assert isinstance(session, Session)
-    allowed: dict[int, set[str]] = {6: {"IDLE"}, 7: {"IDLE"}}
-    for words in entries:
-        if words[0] == "device":
-            allowed[int(words[1])] = {words[2]}
-        elif words[:2] == ["try", "device"]:
-            allowed[int(words[2])].add(words[3])
-    missing = []
+    last: dict[int, str] = {6: "IDLE", 7: "IDLE"}
+    committed: Counter[tuple[int, str]] = Counter()
+    for (detail,) in session.all(
+        "SELECT detail FROM events WHERE action = 'UPDATE_DEVICE' AND detail LIKE 'backend=1 device=% status=%' "
+        "ORDER BY id"
+    ):
+        fields = dict(part.split("=", 1) for part in detail.split())
+        if fields["device"] in ("6", "7"):
+            last[int(fields["device"])] = fields["status"]
+            committed[(int(fields["device"]), fields["status"])] += 1
+    acknowledged = Counter((int(words[1]), words[2]) for words in entries if words[0] == "device")
+    missing = [
+        f"device {index} was set {status} {count} time(s) but the state records {committed[(index, status)]}"
+        for (index, status), count in sorted(acknowledged.items())
+        if committed[(index, status)] < count
+    ]
     for index, status in session.all("SELECT idx, status FROM devices WHERE backend_id = 1 AND idx IN (6, 7)"):
-        if status not in allowed[int(index)]:
-            missing.append(f"device {index} is {status}, acknowledged {sorted(allowed[int(index)])}")
+        if status != last[int(index)]:
+            missing.append(f"device {index} is {status}, its last committed update set {last[int(index)]}")
     return missing
 
 
