@@ -60,7 +60,8 @@ class BackendGroupRepository:
 
     def find(self, id_or_name: str) -> int:
         """Return the id of the group named or numbered ``id_or_name``."""
-        if id_or_name.lstrip("-").isdigit():
+        digits = id_or_name.removeprefix("-")
+        if digits.isascii() and digits.isdigit():  # what int() reads; '--5' and '²' are names
             self.require(int(id_or_name))
             return int(id_or_name)
         row = self.s.one("SELECT id FROM backend_groups WHERE name = ?", [id_or_name])

@@ -44,9 +44,12 @@ _DAMAGE = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationExc
 def _lock_timeout() -> float:
     raw = os.environ.get("MOREH_LOCK_TIMEOUT")
     try:
-        return float(raw) if raw else DEFAULT_LOCK_TIMEOUT_S
+        value = float(raw) if raw else DEFAULT_LOCK_TIMEOUT_S
     except ValueError:
         return DEFAULT_LOCK_TIMEOUT_S
+    if value != value:  # nan would give up at once
+        return DEFAULT_LOCK_TIMEOUT_S
+    return min(value, threading.TIMEOUT_MAX)  # a longer wait ('inf') raises OverflowError in the wait
 
 
 class StateStore:
@@ -268,13 +271,16 @@ def _lock_in_turn(path: Path, timeout: float) -> int:
         done.set()
 
     threading.Thread(target=wait_in_kernel, name="moreh-state-lock", daemon=True).start()
+    waited = False
     try:
         done.wait(timeout)
+        waited = True
     finally:
         with decided:
             if not outcome:
                 abandoned[0] = True
-        if abandoned[0] or outcome[0] is not None:
+        # Interrupted (Ctrl-C) after the helper got the lock: nobody would unlock it, so drop it here.
+        if abandoned[0] or outcome[0] is not None or not waited:
             os.close(fd)
     if abandoned[0]:
         raise TimeoutError

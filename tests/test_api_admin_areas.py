@@ -7,6 +7,7 @@ second each); tests use names of their own so they do not depend on each other's
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import stat
 import time
@@ -527,3 +528,16 @@ def test_sdamodel_user_sees_its_own_models_only(server: ApiServer, admin: httpx.
         ):
             error(response, 601)
     assert ok(admin.get("/api/sdamanager/sdamodel", params={"token": other}))
+
+
+def test_a_lone_surrogate_in_a_json_body_is_a_600_not_a_500(server: ApiServer, admin: httpx.Client) -> None:
+    # JSON's "\ud800" escape decodes to a string no UTF-8 consumer takes; hashing the password used to 500.
+    user_id = unique("surrogate")
+    fields = {"id": user_id, "name": "n", "salt": "s", "password": "\ud800", "question": "q", "answer": "a"}
+    body = json.dumps(fields).encode()  # ensure_ascii writes the surrogate as the escape \ud800
+    response = admin.post("/api/user", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == 600
+    assert "'password'" in response.json()["details"]
+    assert admin.get("/api/user", params={"id": user_id}).status_code == 404
+    assert "Traceback" not in server.log()

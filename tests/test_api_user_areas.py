@@ -464,3 +464,38 @@ def test_history_usage_and_event_log(api_server: ApiServer, api_client: httpx.Cl
             missing,
         )
         call.check()
+
+
+def test_a_user_cannot_submit_a_remote_job_above_its_token_priority(
+    api_server: ApiServer, api_client: httpx.Client
+) -> None:
+    # PUT /api/scheduler/queue caps a USER at its token's priority; submitting must keep the same ceiling.
+    user = api_server.make_token("climber", priority=5)
+    sda = ok(api_client.post("/api/sdamanager/sda", params={"model": SMALL, "token": user}))["result"]["id"]
+    job = {"host": "climb-node", "ip": "10.0.0.5", "sda": sda, "process": "train", "devices": '[["GPU-c", "G", 1000]]'}
+    with api_server.client(user) as client:
+        details = refused(client.post("/api/remote/job", params={**job, "priority": 99}), 403)
+        assert "up to its token priority (5)" in details
+        assert ok(client.get("/api/scheduler/queue")) == []
+        submitted = ok(client.post("/api/remote/job", params={**job, "priority": 5}))
+        assert submitted["job"]["priority"] == 5
+    admin = api_server.admin_token
+    sda = ok(api_client.post("/api/sdamanager/sda", params={"model": SMALL, "token": admin}))["result"]["id"]
+    assert ok(api_client.post("/api/remote/job", params={**job, "sda": sda, "priority": 99}))["job"]["priority"] == 99
+
+
+def test_the_event_log_hides_other_tokens_env_values(api_server: ApiServer, api_client: httpx.Client) -> None:
+    # A token's env is shown only to an ADMIN and its owner; the ADD_TOKEN_ENV event used to show it to DEVELOPERs.
+    victim = api_server.make_token("env-owner")
+    developer = api_server.make_token("env-reader", level="DEVELOPER")
+    with StateStore(api_server.home).transaction("test: add env") as s:
+        s.tokens.add_env(victim, "SECRET_KEY", "hunter2")
+    with api_server.client(developer) as client:
+        events = [e for e in ok(client.get("/api/log/sdamanager/event")) if e["action"] == "ADD_TOKEN_ENV"]
+        assert [e["request"] for e in events] == ['{"detail": "SECRET_KEY=(hidden)"}']
+        assert "env" not in ok(client.get("/api/sdamanager/token", params={"token": victim}))[0]
+    with api_server.client(victim) as client:
+        events = [e for e in ok(client.get("/api/log/sdamanager/event")) if e["action"] == "ADD_TOKEN_ENV"]
+        assert [e["request"] for e in events] == ['{"detail": "SECRET_KEY=hunter2"}']
+    events = [e for e in ok(api_client.get("/api/log/sdamanager/event")) if e["action"] == "ADD_TOKEN_ENV"]
+    assert "hunter2" in events[0]["request"]

@@ -438,3 +438,141 @@ def test_refusals_about_the_sda_queue_nothing(smc: Smc, user: Callable[..., str]
         assert result.stderr.count("\n") == 1, result.stderr
         assert needle in result.stderr
     assert dump_state() == before
+
+
+def test_a_job_released_before_its_command_started_never_keeps_its_devices(
+    smc: Smc, user: Callable[..., str], tmp_path: Path
+) -> None:
+    # The launcher is slow to start the command (here: stopped) while 'release' flags its SUBMITTED job;
+    # the command that then starts anyway ignores SIGTERM. It must still die before its devices are free.
+    blocker, stop = start_blocker(user(model=4), tmp_path)
+    pid_file = tmp_path / "pid"
+    victim = start(
+        "sh",
+        "-c",
+        'trap "" TERM; echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; exec sleep 30',
+        str(pid_file),
+        token=user(model=1),
+    )
+    wait_for_stderr(victim, "[info] Job")
+    victim.send_signal(signal.SIGSTOP)
+    stop.touch()
+    assert blocker.wait(timeout=10) == 0
+    wait_until(lambda: [j["status"] for j in queue(smc)] == ["SUBMITTED"], what="the job to get its devices")
+    [job] = queue(smc)
+    release = subprocess.Popen([SMCLIENT, "-c", f"release {job['id']}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _started.append(release)
+    wait_until(lambda: all(j["release_requested"] for j in queue(smc)), what="the release to be requested")
+    victim.send_signal(signal.SIGCONT)
+    wait_until(pid_file.exists, what="the command to start")
+    assert release.wait(timeout=30) == 0
+
+    assert gone(int(pid_file.read_text())), "the released job's command still runs after 'release' freed its devices"
+    assert history(smc, job["id"])["end_reason"] == "released"
+    assert victim.wait(timeout=10) == 128 + signal.SIGKILL
+
+
+# Plays an interactive shell: owns a terminal, starts moreh-run in the background ('moreh-run ... &'),
+# and, once moreh-run shows as stopped, brings it to the foreground ('fg') and types a line and Ctrl-D.
+JOB_CONTROL_SHELL = """
+import json, os, signal, subprocess, sys, time
+slave, master, moreh_run, pid_file, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+tty = os.open(slave, os.O_RDWR)  # a session leader's first terminal becomes its controlling terminal
+job = subprocess.Popen(
+    [moreh_run, "sh", "-c", 'echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; exec cat > "$1"', pid_file, out],
+    stdin=tty, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
+)
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+def until(check, timeout):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+result = {}
+if until(lambda: os.path.exists(pid_file) and state(int(open(pid_file).read())) == "T", 15):
+    result["moreh_run_stopped"] = until(lambda: state(job.pid) == "T", 5)
+    if result["moreh_run_stopped"]:
+        os.tcsetpgrp(tty, job.pid)
+        os.killpg(job.pid, signal.SIGCONT)
+        os.write(master, b"hello\\n\\x04")
+        try:
+            result["code"] = job.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+if job.poll() is None:
+    job.kill()
+    job.wait()
+    if os.path.exists(pid_file):
+        os.kill(int(open(pid_file).read()), signal.SIGKILL)
+print(json.dumps(result))
+"""
+
+
+def test_a_background_job_reading_the_terminal_stops_moreh_run_and_resumes_on_fg(
+    user: Callable[..., str], tmp_path: Path
+) -> None:
+    master, slave = os.openpty()
+    try:
+        env = dict(os.environ, MOREH_SDA_TOKEN=user())
+        shell = subprocess.run(
+            [
+                PY,
+                "-c",
+                JOB_CONTROL_SHELL,
+                os.ttyname(slave),
+                str(master),
+                MOREH_RUN,
+                str(tmp_path / "pid"),
+                str(tmp_path / "out"),
+            ],
+            env=env,
+            pass_fds=(master,),
+            start_new_session=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert shell.returncode == 0, shell.stderr
+    result = json.loads(shell.stdout)
+    assert result.get("moreh_run_stopped"), "the command stopped on SIGTTIN but moreh-run kept running"
+    assert result.get("code") == 0, result
+    assert (tmp_path / "out").read_text() == "hello\n"
+
+
+def test_release_acts_on_the_jobs_as_they_are_when_it_releases_them(
+    smc: Smc, user: Callable[..., str], tmp_path: Path
+) -> None:
+    # 'release all' reads the queue, then releases; jobs move in between. Replayed here in that order:
+    # the first job ends and the queued one starts running after the read.
+    from moreh_tools.jobs.control import release_jobs
+    from state.store import StateStore
+
+    first, stop_first = start_blocker(user(model=4), tmp_path)
+    second = start(PY, "-c", "import time; time.sleep(60)", token=user(model=1))
+    wait_for_stderr(second, "[info] Job")
+    store = StateStore()
+    with store.reading() as s:
+        read_before = s.jobs.all()
+    assert [j.status for j in read_before] == ["RUNNING", "QUEUED"]
+    stop_first.touch()
+    assert first.wait(timeout=10) == 0
+    wait_until(lambda: [j["status"] for j in queue(smc)] == ["RUNNING"], what="the second job to run")
+
+    assert release_jobs(store, read_before, HOST) == [read_before[1].id]
+
+    assert second.wait(timeout=10) == 128 + signal.SIGTERM
+    assert history(smc, read_before[1].id)["end_reason"] == "released"
+    assert queue(smc) == []

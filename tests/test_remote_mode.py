@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -587,3 +589,86 @@ def test_remote_tools_load_neither_the_state_nor_the_server_stack(smi_user: User
     done = subprocess.run([sys.executable, "-c", console_probe], capture_output=True, text=True, env=env, timeout=30)
     assert smi_user.token in done.stdout, done
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout
+
+
+def test_a_bad_address_or_a_non_http_peer_is_one_line(smc: Smc, monkeypatch: pytest.MonkeyPatch) -> None:
+    # http.client's own errors (InvalidURL, BadStatusLine, IncompleteRead) are not OSError: they used to reach the
+    # tools' "internal error" catch-all.
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    replies = [b"SSH-2.0-OpenSSH_9.0\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}"]
+
+    def answer() -> None:
+        for reply in replies:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    peer = f"127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("MOREH_SDA_TOKEN", "whatever")
+    for where in ("127.0.0.1:notaport", peer, peer):
+        monkeypatch.setenv("MOREH_SDA_MANAGER_ADDRESS", where)
+        result = smc("show token")
+        assert result.code != 0
+        assert result.out == ""
+        assert result.err.count("\n") == 1, result.err
+        assert f"Cannot reach the SDA Manager at {where}" in result.err, result.err
+        assert "internal error" not in result.err.lower()
+    thread.join(5)
+    listener.close()
+
+
+def test_a_user_cannot_make_the_master_or_a_host_daemon_kill_a_process_of_its_choice(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    # The pid of POST /api/remote/job/running is the launcher's claim; releasing the job signals that pid's tree,
+    # so a USER could name any process (pid and create time are world-readable in /proc) and have it killed.
+    import psutil
+
+    from moreh_tools.remote.daemon import Releases
+
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        created = psutil.Process(victim.pid).create_time()
+        user = api_server.make_token("pid-claimer")
+        with api_server.client() as admin:
+            for _ in range(2):
+                assert admin.post("/api/sdamanager/sda", params={"model": 1, "token": user}).status_code == 200
+                admin.put("/api/sdamanager/token", params={"token": user, "maxSdaCount": 2})
+            master = admin.get("/api/backend").json()[0]["name"]
+            with api_server.client(user) as client:
+                sdas = [sda["id"] for sda in client.get("/api/sdamanager/sda").json()]
+                # On the master's own host the server checks the claim at once.
+                job = client.post("/api/remote/job", params={"host": master, "sda": sdas[0]}).json()["job"]["id"]
+                claim = {"id": job, "pid": victim.pid, "createTime": created}
+                answer = client.post("/api/remote/job/running", params=claim)
+                assert answer.status_code == 409, answer.text
+                assert f"lacks MOREH_JOB_ID={job}" in answer.json()["details"]
+                ended = client.post("/api/remote/job/finish", params={"id": job, "reason": "failed"})
+                assert ended.status_code == 200, ended.text
+                # On another host the master cannot check it: that host's daemon does before it signals anything.
+                devices = json.dumps([["GPU-h", "G", 1000]])
+                params = {"host": "pid-host", "ip": "10.1.2.3", "sda": sdas[1], "devices": devices}
+                job = client.post("/api/remote/job", params=params).json()["job"]["id"]
+                claim = {"id": job, "pid": victim.pid, "createTime": created}
+                assert client.post("/api/remote/job/running", params=claim).status_code == 200
+                assert client.delete("/api/scheduler/queue", params={"id": job}).status_code == 200
+            report = admin.post("/api/remote/samples", params={"host": "pid-host", "samples": "[]"}).json()
+        assert "release" in report, report
+        assert report["release"] == [{"id": job, "pid": victim.pid, "pidCreateTime": created}]
+        releases = Releases()
+        releases.start(report["release"], tmp_path, lambda line: None)
+        deadline = time.monotonic() + 5
+        while releases.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not releases.busy
+        assert victim.poll() is None, "the daemon killed a process that is not the job's"
+    finally:
+        victim.kill()
+        victim.wait()

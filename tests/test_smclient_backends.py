@@ -346,3 +346,8 @@ def test_show_server_version(smc: Smc, moreh_home: Path) -> None:
     lines = ok(smc("show server version")).lines
     assert lines[1].startswith("|      Name       |")
     assert lines[3].startswith(f"|  Server         |  moreh-tools {__version__}  ")
+
+
+def test_get_backend_group_with_a_name_that_int_cannot_read(smc: Smc) -> None:
+    for name in ("--5", "²"):
+        fails(smc(f"get backend group {name}"), 1, f"Backend group '{name}' not found")

@@ -421,3 +421,8 @@ def test_every_change_is_logged_with_its_command_line(smc: Smc, new_token: NewTo
     mutating = {name for name in admin_commands() if name.split()[0] in {"create", "delete", "update", "add", "remove"}}
     used = {registry.resolve(line.split())[0].name for line in lines}
     assert mutating - used == set()  # the list above covers every command that changes the state
+
+
+def test_question_mark_with_json_prints_json(smc: Smc) -> None:
+    entry = ok(smc("create sda ?")).out.rstrip("\n")
+    assert ok(smc("create sda ?", json=True)).json == {"message": entry}

@@ -286,3 +286,9 @@ def test_membership_commands_reject_bad_input(smc: Smc) -> None:
         ("show relationship x", 1, ("user group id must be an integer",)),
     ]
     check_failures(smc, cases)
+
+
+def test_create_usergroup_description_that_is_not_a_clean_list(smc: Smc) -> None:
+    ok(smc('create usergroup research "Research team, Seoul,"'), "Create Group Success (id : 1)")
+    groups = ok(smc("show usergroup", json=True)).json
+    assert [(g["name"], g["description"], g["tokens"]) for g in groups] == [("research", "Research team, Seoul,", [])]

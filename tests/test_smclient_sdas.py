@@ -350,3 +350,10 @@ def test_show_sdamodel_for_a_token_shows_only_what_its_groups_reach(smc: Smc, ne
         "|   4  |  xLarge.512GB  |        8  |",
     )
     assert ok(smc(f"show sdamodel {stranded}", json=True)).json == []  # ugB reaches no model group
+
+
+def test_create_sda_with_a_non_ascii_digit_is_one_clear_line(smc: Smc, new_token: NewToken) -> None:
+    token = new_token()
+    with state_unchanged():
+        for line in (f"create sda {token} ² d", f"create sda {token} d ²", f"create resv_sda {token} ² d"):
+            fails(smc(line), 1, "is an SDA model id", "show sdamodel")

@@ -269,3 +269,47 @@ def test_kill_9_at_random_moments_loses_nothing_reported_and_leaves_nothing_half
             assert [name for name, _ in token.env] == ["ROUND"]
         assert sorted(e.action for e in events) == sorted(["CREATE_TOKEN", "CREATE_SDA", "ADD_TOKEN_ENV"] * len(tokens))
     ok(smc("create token after-the-crashes"))  # and the console carries on
+
+
+def test_ctrl_c_just_as_the_lock_is_granted_does_not_keep_it(
+    smc: Smc, moreh_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import types
+
+    import state.store
+
+    class LateInterruptEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            super().wait(timeout)
+            raise KeyboardInterrupt  # the user's Ctrl-C lands right after the helper thread got the lock
+
+    ok(smc("show token"))
+    holder = hold_lock(moreh_home, 0.3)
+    monkeypatch.setattr(
+        state.store,
+        "threading",
+        types.SimpleNamespace(
+            Lock=threading.Lock, Event=LateInterruptEvent, Thread=threading.Thread, TIMEOUT_MAX=threading.TIMEOUT_MAX
+        ),
+    )
+    fails(smc("create token interrupted"), 130, "Interrupted")
+    holder.wait(timeout=20)
+    monkeypatch.setattr(state.store, "threading", threading)
+    monkeypatch.setenv("MOREH_LOCK_TIMEOUT", "2")
+    ok(smc("create token after-interrupt"))  # the REPL's next command must not wait on a lock nobody holds
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["after-interrupt"]
+
+
+@pytest.mark.parametrize("timeout", ["inf", "1e300", "nan"])
+def test_an_infinite_or_nan_lock_timeout_still_waits_for_the_lock(
+    smc: Smc, moreh_home: Path, monkeypatch: pytest.MonkeyPatch, timeout: str
+) -> None:
+    ok(smc("show token"))
+    monkeypatch.setenv("MOREH_LOCK_TIMEOUT", timeout)
+    holder = hold_lock(moreh_home, 0.3)
+    try:
+        ok(smc("create token patient"))
+    finally:
+        holder.wait(timeout=20)
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["patient"]

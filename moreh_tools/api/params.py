@@ -53,6 +53,12 @@ def convert(name: str, raw: str, kind: type) -> Any:
     if kind is str:
         if len(raw) > MAX_TEXT or "\x00" in raw:
             raise ApiError(SYNTAX, f"SyntaxError. Parameter '{name}' must be at most {MAX_TEXT} characters, no NUL.")
+        try:
+            raw.encode()  # a JSON body's "\ud800" escape decodes to a lone surrogate, which no UTF-8 consumer takes
+        except UnicodeEncodeError:
+            raise ApiError(
+                SYNTAX, f"SyntaxError. Parameter '{name}' must be UTF-8 text (no lone surrogates)."
+            ) from None
         return raw
     text = raw.strip()
     if kind is int:

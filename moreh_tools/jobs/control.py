@@ -110,9 +110,10 @@ def release_jobs(store: StateStore, jobs: list[Job], host: str) -> list[int]:
     """
     released: list[int] = []
     with store.transaction("release") as s:
-        for job in jobs:
-            s.jobs.request_release(job.id)
-            released.append(job.id)
+        # The caller read ``jobs`` earlier: act on them as they are now (ended ones skipped, queued ones
+        # perhaps running by now).
+        jobs = [s.jobs.request_release(j.id) for j in jobs if s.jobs.find(j.id) is not None]
+        released.extend(j.id for j in jobs)
     for job in jobs:
         if job.status == "QUEUED":
             wakeup.wake(store.home, job.id)
@@ -129,8 +130,16 @@ def release_jobs(store: StateStore, jobs: list[Job], host: str) -> list[int]:
         )
     # The launcher normally records the end itself; finish what no live launcher will.
     if local:
-        for job in local:
-            processes.wait_gone(job.launcher_pid or 0, job.launcher_create_time, 5.0)
+        # A launcher still alive may have started its command after the sweep above (the job was SUBMITTED
+        # then) and only sent it SIGTERM: end it before its devices are handed on.
+        stuck = [j for j in local if not processes.wait_gone(j.launcher_pid or 0, j.launcher_create_time, 5.0)]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(stuck), 32))) as pool:
+            list(
+                pool.map(
+                    lambda job: processes.end_job_processes(job.id, None, None, str(store.home), release_grace()),
+                    stuck,
+                )
+            )
         with store.transaction("release") as s:
             for job in local:
                 s.jobs.finish(job.id, None, "released")

@@ -58,6 +58,19 @@ def is_alive(pid: int | None, started: float | None) -> bool:
         return False
 
 
+def carries_job_tag(pid: int, job_id: int) -> bool | None:
+    """Whether process ``pid`` carries ``MOREH_JOB_ID=job_id``; None when it is gone or its environment unreadable.
+
+    A pid reported over the API is only a claim: this is how a host tells a job's command from anyone's process.
+    """
+    import psutil
+
+    try:
+        return psutil.Process(pid).environ().get(JOB_ENV) == str(job_id)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
 def job_processes(job_id: int, home: str | None = None) -> list[psutil.Process]:
     """Every live process of this user tagged with the job id (children inherit the tag)."""
     import psutil

@@ -69,13 +69,18 @@ class Child:
             _, status = os.waitpid(self.pid, os.WUNTRACED)
             if not os.WIFSTOPPED(status):
                 break
-            if self.terminal is None:
+            # SIGTTIN/SIGTTOU: it touched the terminal from the background ('moreh-run ... &').
+            from_background = os.WSTOPSIG(status) in (signal.SIGTTIN, signal.SIGTTOU)
+            if self.terminal is None and not from_background:
                 continue  # stopped by someone else's SIGSTOP: whoever stopped it continues it
             # The command was stopped from the terminal: stop with it, so the shell's job control sees
             # moreh-run stopped, and resume it when the shell continues us ('fg' or 'bg').
-            _give_terminal(self.terminal, os.getpgrp())
+            if self.terminal is not None:
+                _give_terminal(self.terminal, os.getpgrp())
             os.kill(os.getpid(), signal.SIGSTOP)
-            if os.tcgetpgrp(self.terminal) == os.getpgrp():
+            if self.terminal is None:
+                self.terminal = _terminal_fd()  # 'fg' made us the terminal's foreground
+            if self.terminal is not None and os.tcgetpgrp(self.terminal) == os.getpgrp():
                 _give_terminal(self.terminal, self.pid)
             self.send(signal.SIGCONT)
         if self.terminal is not None:

@@ -51,6 +51,7 @@ class Client:
         timeout: float | None = None,
     ) -> Any:
         """Send one request and return its decoded JSON body; RemoteError with one line when it fails."""
+        import http.client
         import urllib.error
         import urllib.parse
         import urllib.request
@@ -72,6 +73,8 @@ class Client:
             raise self._unreachable(str(getattr(exc.reason, "strerror", None) or exc.reason)) from None
         except (TimeoutError, OSError) as exc:
             raise self._unreachable(str(getattr(exc, "strerror", None) or exc or type(exc).__name__)) from None
+        except http.client.HTTPException as exc:  # a bad port in the address, a non-HTTP peer, a cut-off reply
+            raise self._unreachable(f"{type(exc).__name__}: {exc}".strip().rstrip(":")) from None
         try:
             return json.loads(raw) if raw.strip() else None
         except ValueError:
@@ -84,7 +87,12 @@ class Client:
         )
 
     def _refusal(self, exc: Any) -> RemoteError:
-        raw = exc.read() if hasattr(exc, "read") else b""
+        import http.client
+
+        try:
+            raw = exc.read() if hasattr(exc, "read") else b""
+        except (OSError, http.client.HTTPException):  # an error body cut off mid-way: judge by the status alone
+            raw = b""
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:

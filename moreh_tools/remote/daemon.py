@@ -116,6 +116,9 @@ class Releases:
     def _end(self, job_id: int, pid: int | None, started: float | None, home: Path) -> None:
         from moreh_tools.jobs import control, processes
 
+        # The master only relays the pid the job's launcher reported: end its tree only if it is the job's command.
+        if pid and processes.carries_job_tag(int(pid), job_id) is not True:
+            pid = None
         try:
             processes.end_job_processes(job_id, pid, started, str(home), control.release_grace())
         finally:

@@ -69,7 +69,7 @@ def run_line_here(
     from moreh_tools.smclient import registry
     from moreh_tools.smclient.args import UsageError
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
-    from moreh_tools.smclient.output import to_json
+    from moreh_tools.smclient.output import Message, to_json
     from state.errors import StateError
 
     out = out or sys.stdout
@@ -85,7 +85,8 @@ def run_line_here(
             cmd, rest = registry.resolve(words[:-1])
             if rest:
                 raise UsageError(f"Unknown command '{' '.join(words[:-1])}'. Did you mean '{cmd.name} ?'")
-            print(cmd.help_entry(), file=out)
+            entry = cmd.help_entry()
+            print(to_json(Message(entry)) if json_output else entry, file=out)
             return EXIT_OK
         cmd, args = registry.resolve(words)
         registry.check_arg_count(cmd, args)

@@ -47,7 +47,11 @@ def list_events(request: Request, caller: CallerDep) -> Any:
         known = set() if caller.is_admin else {t.value for t in s.tokens.all()}
     shown = []
     for event in events:
-        request_text: dict[str, Any] = {"detail": event.detail if caller.is_admin else _scrubbed(event.detail, known, caller)}
+        detail = event.detail
+        if event.action == "ADD_TOKEN_ENV" and not (caller.is_admin or caller.owns(event.token)):
+            # A token's env is shown only to an ADMIN and its owner (as GET /api/sdamanager/token keeps it).
+            detail = detail.partition("=")[0] + "=(hidden)"
+        request_text: dict[str, Any] = {"detail": detail if caller.is_admin else _scrubbed(detail, known, caller)}
         if caller.is_admin:
             request_text["command"] = event.command
         shown.append(

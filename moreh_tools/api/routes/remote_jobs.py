@@ -134,6 +134,14 @@ def submit_job(request: Request, caller: CallerDep) -> dict[str, Any]:
     what = f"moreh-run {process}"[:200] if process else "moreh-run (api)"
     with store.transaction(what) as s:
         token = s.tokens.get(caller.token)
+        # The same ceiling PUT /api/scheduler/queue keeps: otherwise a USER jumps the queue at submit time.
+        if priority is not None and not caller.is_admin and priority > token.priority:
+            raise ApiError(
+                NOT_FOUND,
+                f"A {caller.access_level} token may set its jobs' priority up to its token priority "
+                f"({token.priority}), not {priority}; ask an ADMIN for more.",
+                403,
+            )
         sda_id = sda if sda is not None else token.current_sda
         if sda_id is None:
             raise _refuse(
@@ -207,12 +215,18 @@ def job_running(request: Request, caller: CallerDep) -> dict[str, Any]:
     create_time = param(request, "createTime", float, required=False, default=0.0)
     if not 0 < pid < 2**31:
         raise ApiError(SYNTAX, "SyntaxError. Parameter 'pid' must be a process id.")
+    from moreh_tools import identity
+    from moreh_tools.jobs import processes
+
     with request.app.state.store.transaction("moreh-run: command started (api)") as s:
         job = _owned_job(s, caller, job_id)
         withdrawn = job is None or job.release_requested
         if job is not None and not withdrawn:
             if job.status == "QUEUED":
                 raise _refuse(f"Job {job_id} has no devices yet; wait for them first.")
+            # Releasing the job signals this pid's tree here: it must be the job's command, not anyone's process.
+            if job.host == identity.host_name() and processes.carries_job_tag(pid, job_id) is False:
+                raise _refuse(f"Process {pid} is not job {job_id}'s command (it lacks MOREH_JOB_ID={job_id}).")
             s.jobs.mark_running(job_id, pid, create_time)
     return {"withdrawn": withdrawn}
 
@@ -273,14 +287,13 @@ def report_samples(request: Request, caller: CallerDep) -> dict[str, Any]:
     with request.app.state.store.transaction(f"sample gpus {host} (api)") as s:
         backend_id = _register(s, host, ip, devices)
         known = {int(r[0]) for r in s.all("SELECT idx FROM devices WHERE backend_id = ?", [backend_id])}
-        s.backends.record_samples(
-            backend_id,
-            [
-                Device(backend_id, index, "", None, None, *values)
-                for index, values in readings
-                if index is not None and index in known
-            ],
-        )
+        sampled = [
+            Device(backend_id, index, "", None, None, *values)
+            for index, values in readings
+            if index is not None and index in known
+        ]
+        if sampled:  # DuckDB's executemany refuses an empty list: a host without GPUs still reports its releases
+            s.backends.record_samples(backend_id, sampled)
         active = s.all("SELECT id FROM jobs WHERE host = ? AND status IN ('SUBMITTED', 'RUNNING')", [host])
         by_job: dict[int, list[tuple[int, str, int, int | None, int | None]]] = {int(r[0]): [] for r in active}
         for job_id, pid, name, memory, index in rows:

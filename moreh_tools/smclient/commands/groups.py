@@ -6,6 +6,7 @@ from moreh_tools.grid import Column
 from moreh_tools.smclient.args import to_bool, to_int, to_int_list, to_list
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
+from state.errors import InvalidValueError
 from state.records import ModelGroup, UserGroup
 
 _LIST_HINT = "[token 1,token 2,token 3,...]"
@@ -43,7 +44,10 @@ def create_usergroup(ctx: Context, args: list[str]) -> Output:
         if len(args) == 3:  # 001's form: name, description, token list
             description, tokens = args[1], to_list(args[2])
         elif len(args) == 2:
-            items = to_list(args[1]) if args[1].strip() else []  # '' is an empty description, not a bad list
+            try:
+                items = to_list(args[1]) if args[1].strip() else []  # '' is an empty description, not a bad list
+            except InvalidValueError:  # 'Seoul, Korea,' is no token list, so it is the description
+                items = [args[1]]
             if all(s.tokens.exists(t) for t in items):
                 tokens = items
             else:
