@@ -576,3 +576,79 @@ def test_release_acts_on_the_jobs_as_they_are_when_it_releases_them(
     assert second.wait(timeout=10) == 128 + signal.SIGTERM
     assert history(smc, read_before[1].id)["end_reason"] == "released"
     assert queue(smc) == []
+
+
+# Plays an interactive shell running 'moreh-run ... < /dev/null' in the foreground, and types a line for the
+# command, which reads it from the terminal itself (as getpass does).
+FOREGROUND_SHELL = """
+import json, os, subprocess, sys
+slave, master, moreh_run, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tty = os.open(slave, os.O_RDWR)  # a session leader's first terminal becomes its controlling terminal
+job = subprocess.Popen(
+    [moreh_run, "sh", "-c", 'read line < /dev/tty; echo "$line" > "$0"', out],
+    stdin=subprocess.DEVNULL, stdout=tty, stderr=tty, process_group=0,
+)
+os.tcsetpgrp(tty, job.pid)
+os.write(master, b"hello\\n")
+try:
+    print(json.dumps({"code": job.wait(timeout=10)}))
+except subprocess.TimeoutExpired:
+    stat = open(f"/proc/{job.pid}/stat").read().rpartition(")")[2].split()[0]
+    os.killpg(job.pid, 9)
+    job.kill()
+    print(json.dumps({"moreh-run state": stat}))
+"""
+
+
+def test_a_foreground_job_with_stdin_redirected_can_read_the_terminal(user: Callable[..., str], tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        env = dict(os.environ, MOREH_SDA_TOKEN=user())
+        shell = subprocess.run(
+            [PY, "-c", FOREGROUND_SHELL, os.ttyname(slave), str(master), MOREH_RUN, str(tmp_path / "out")],
+            env=env,
+            pass_fds=(master,),
+            start_new_session=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert shell.returncode == 0, shell.stderr
+    assert json.loads(shell.stdout) == {"code": 0}
+    assert (tmp_path / "out").read_text() == "hello\n"
+
+
+def test_a_job_whose_release_was_cut_short_before_its_command_started_still_ends(
+    smc: Smc, user: Callable[..., str], tmp_path: Path
+) -> None:
+    # As above, but 'release' is killed (Ctrl-C, kill) once it has flagged the job: the launcher alone must
+    # then end the command it started, even one that ignores SIGTERM, and give the devices back.
+    blocker, stop = start_blocker(user(model=4), tmp_path)
+    pid_file = tmp_path / "pid"
+    victim = start(
+        "sh",
+        "-c",
+        'trap "" TERM; echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; exec sleep 30',
+        str(pid_file),
+        token=user(model=1),
+    )
+    wait_for_stderr(victim, "[info] Job")
+    victim.send_signal(signal.SIGSTOP)
+    stop.touch()
+    assert blocker.wait(timeout=10) == 0
+    wait_until(lambda: [j["status"] for j in queue(smc)] == ["SUBMITTED"], what="the job to get its devices")
+    [job] = queue(smc)
+    release = subprocess.Popen([SMCLIENT, "-c", f"release {job['id']}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _started.append(release)
+    wait_until(lambda: all(j["release_requested"] for j in queue(smc)), what="the release to be requested")
+    release.kill()
+    release.wait()
+    victim.send_signal(signal.SIGCONT)
+
+    assert victim.wait(timeout=10) == 128 + signal.SIGKILL
+    assert gone(int(pid_file.read_text()))
+    assert history(smc, job["id"])["end_reason"] == "released"
+    assert queue(smc) == []

@@ -672,3 +672,50 @@ def test_a_user_cannot_make_the_master_or_a_host_daemon_kill_a_process_of_its_ch
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_undecodable_arguments_and_tokens_are_one_line_remotely(tmp_path: Path) -> None:
+    # urlencode and http.client raise UnicodeEncodeError for surrogate-escaped argv bytes and non-latin-1 tokens.
+    from tests.conftest import BIN
+
+    base = {**os.environ, "MOREH_HOME": str(tmp_path), "MOREH_SDA_MANAGER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    runs = [
+        ([str(BIN / "moreh-smi"), "device", "--rm", b"\xff".decode(errors="surrogateescape")], "x", "not valid UTF-8"),
+        ([str(BIN / "moreh-smi")], b"\xff".decode(errors="surrogateescape"), "cannot be sent"),
+    ]
+    for argv, token, expected in runs:
+        result = subprocess.run(
+            argv, env={**base, "MOREH_SDA_TOKEN": token}, capture_output=True, text=True, errors="replace", timeout=30
+        )
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert expected in result.stderr, result.stderr
+        assert "internal error" not in result.stderr
+
+
+def test_a_waiting_moreh_run_outlasts_a_rate_limit(tmp_path: Path) -> None:
+    # A 429 on the long poll used to end moreh-run and strand its job QUEUED on the master (nothing reaps a remote
+    # host's queued job), where it would later hold devices no command uses.
+    from tests.conftest import start_api_server, stop_api_server
+
+    server = start_api_server(tmp_path / "home", tmp_path / "server.log", {"MOREH_API_RATE": "4/4"})
+    try:
+        with StateStore(server.home).transaction("test: a user") as s:
+            user = s.tokens.create("r@host-r")
+            s.sdas.create(user, "", 1)
+        env = host_env(server, tmp_path, "host-r", user)
+        run = [str(BIN / "moreh-run"), "--", sys.executable, "-c", JOB]
+        # The holder spends 3 requests (submit, register, running) and the waiter's submit the 4th: its first
+        # long poll is refused.
+        holder = subprocess.Popen([*run, "R1", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "R1 0\n"
+        waiter = subprocess.run([*run, "R2", "0"], env=env, capture_output=True, text=True, timeout=60)
+        assert waiter.returncode == 0, waiter.stderr
+        assert waiter.stdout == "R2 0\n"
+        _, err = holder.communicate(timeout=30)
+        assert holder.returncode == 0, err
+        assert not master_read(server, "SELECT * FROM jobs")
+        assert sorted(r[0] for r in master_read(server, "SELECT end_reason FROM job_history")) == ["finished"] * 2
+    finally:
+        stop_api_server(server)

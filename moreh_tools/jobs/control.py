@@ -131,7 +131,7 @@ def release_jobs(store: StateStore, jobs: list[Job], host: str) -> list[int]:
     # The launcher normally records the end itself; finish what no live launcher will.
     if local:
         # A launcher still alive may have started its command after the sweep above (the job was SUBMITTED
-        # then) and only sent it SIGTERM: end it before its devices are handed on.
+        # then) and still be waiting out its grace: end the command before its devices are handed on.
         stuck = [j for j in local if not processes.wait_gone(j.launcher_pid or 0, j.launcher_create_time, 5.0)]
         with ThreadPoolExecutor(max_workers=max(1, min(len(stuck), 32))) as pool:
             list(

@@ -27,12 +27,17 @@ def exit_status(wait_status: int) -> int:
 
 
 def _terminal_fd() -> int | None:
-    """stdin's descriptor when it is a terminal whose foreground group is ours, else None."""
-    try:
-        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
-            return 0
-    except OSError:
-        pass
+    """A standard descriptor on a terminal whose foreground group is ours, else None.
+
+    Not only stdin: with stdin redirected the command may still read the terminal (``/dev/tty``, as
+    getpass does), which from a background group stops it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return fd
+        except OSError:
+            pass
     return None
 
 

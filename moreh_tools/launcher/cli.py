@@ -442,9 +442,10 @@ class Launch:
         self.guardian.tell(f"child {child.pid} {started if started is not None else 0.0!r}")
         withdrawn = self._mark_running(job, child.pid, started if started is not None else 0.0)
         if withdrawn:  # released (or ended) between allocation and start: it must not keep the devices
-            import signal
+            from moreh_tools.jobs import control
 
-            child.send(signal.SIGTERM)
+            # SIGTERM, then SIGKILL after the grace: a command that ignores SIGTERM would hold them forever.
+            processes.end_job_processes(job.id, child.pid, started, str(self.home), control.release_grace())
         status = exit_status(child.wait())
         signals.forward_to(None)
         self._record_end(job, status, "finished" if status == 0 else "failed")

@@ -56,7 +56,13 @@ class Client:
         import urllib.parse
         import urllib.request
 
-        query = urllib.parse.urlencode({k: _text(v) for k, v in (params or {}).items() if v is not None})
+        try:
+            query = urllib.parse.urlencode({k: _text(v) for k, v in (params or {}).items() if v is not None})
+        except UnicodeEncodeError:  # an argument with undecodable bytes (surrogate escapes from argv)
+            raise RemoteError(
+                "A value given is not valid UTF-8 text (it holds undecodable bytes); type it again as UTF-8, or set "
+                "the terminal's and LANG's encoding to UTF-8."
+            ) from None
         url = f"{self.url}{path}" + (f"?{query}" if query else "")
         data = json.dumps(body).encode() if body is not None else (b"" if method != "GET" else None)
         request = urllib.request.Request(url, data=data, method=method)
@@ -75,6 +81,11 @@ class Client:
             raise self._unreachable(str(getattr(exc, "strerror", None) or exc or type(exc).__name__)) from None
         except http.client.HTTPException as exc:  # a bad port in the address, a non-HTTP peer, a cut-off reply
             raise self._unreachable(f"{type(exc).__name__}: {exc}".strip().rstrip(":")) from None
+        except UnicodeError:  # http.client sends headers as latin-1 and host names as IDNA
+            raise RemoteError(
+                f"The request was not sent: the token or {ADDRESS_ENV} holds characters that cannot be sent; check "
+                "MOREH_SDA_TOKEN (or the token file) and the address."
+            ) from None
         try:
             return json.loads(raw) if raw.strip() else None
         except ValueError:

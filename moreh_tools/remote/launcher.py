@@ -8,12 +8,13 @@ for devices, running, and the end. The command still runs here, on the GPUs of t
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from moreh_tools import __version__
 from moreh_tools.launcher.cli import Launch, LaunchError, _my_create_time, _Queued, _say, _short
-from moreh_tools.remote.client import RemoteError, connect
+from moreh_tools.remote.client import RATE_LIMITED, RemoteError, connect
 
 if TYPE_CHECKING:
     from moreh_tools.launcher.signals import SignalRouter
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 JOB_PATH = "/api/remote/job"
 WAIT_S = 20.0
+RETRY_S = 2.0
 
 
 def job_from_json(data: dict[str, Any]) -> Job:
@@ -123,7 +125,17 @@ class RemoteLaunch(Launch):
         try:
             signals.check()
             while True:
-                reply = self._call("GET", f"{JOB_PATH}/wait", {"id": job.id, "timeout": WAIT_S}, timeout=WAIT_S + 15)
+                try:
+                    reply = connect(self.token).call(
+                        "GET", f"{JOB_PATH}/wait", {"id": job.id, "timeout": WAIT_S}, timeout=WAIT_S + 15
+                    )
+                except RemoteError as exc:
+                    # Rate limited, or the master unreachable (restarting): the job is still queued there, and
+                    # nothing ends a remote host's queued job once its launcher is gone, so ask again.
+                    if exc.status not in (RATE_LIMITED, None):
+                        raise launch_error(exc, self.token) from None
+                    time.sleep(RETRY_S)
+                    continue
                 if reply["state"] == "allocated":
                     return job_from_json(reply["job"])
                 if reply["state"] == "ended":
