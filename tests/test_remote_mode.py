@@ -719,3 +719,25 @@ def test_a_waiting_moreh_run_outlasts_a_rate_limit(tmp_path: Path) -> None:
         assert sorted(r[0] for r in master_read(server, "SELECT end_reason FROM job_history")) == ["finished"] * 2
     finally:
         stop_api_server(server)
+
+
+def test_the_end_of_a_job_is_recorded_even_past_the_rate_limit(tmp_path: Path) -> None:
+    # A 429 on /finish left the job RUNNING on the master, holding its devices, with no launcher left to retry:
+    # reports of what already happened to one's own job never spend the request budget.
+    from tests.conftest import start_api_server, stop_api_server
+
+    server = start_api_server(tmp_path / "home", tmp_path / "server.log", {"MOREH_API_RATE": "2/600"})
+    try:
+        with StateStore(server.home).transaction("test: a user") as s:
+            user = s.tokens.create("f@host-f")
+            s.sdas.create(user, "", 1)
+        env = host_env(server, tmp_path, "host-f", user)
+        # submit and register spend the budget; running and finish must still get through.
+        job = subprocess.run([str(BIN / "moreh-run"), "--", "sh", "-c", "echo F1 $CUDA_VISIBLE_DEVICES; exit 3"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert job.returncode == 3, job.stderr
+        assert "not recorded" not in job.stderr, job.stderr
+        assert not master_read(server, "SELECT * FROM jobs")
+        assert master_read(server, "SELECT end_reason, exit_code FROM job_history") == [("failed", 3)]
+    finally:
+        stop_api_server(server)

@@ -252,8 +252,10 @@ def job_finish(request: Request, caller: CallerDep) -> dict[str, Any]:
             elif job.status != "QUEUED":
                 s.jobs.mark_cleaning(job_id)
             s.jobs.finish(job_id, exit_code, reason)
-        decision = s.jobs.run_scheduling_pass()
-    control.wake_allocated(store.home, decision)
+        # Only an end that freed devices can let others start; a repeated report costs no pass.
+        decision = s.jobs.run_scheduling_pass() if job is not None else None
+    if decision is not None:
+        control.wake_allocated(store.home, decision)
     return {"code": "SUCCESS"}
 
 
