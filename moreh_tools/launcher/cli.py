@@ -464,10 +464,15 @@ class Launch:
         """Devices CLEANING, the job's stragglers killed, the job into history, the next jobs started."""
         from moreh_tools.jobs import control, processes
 
+        stragglers = processes.job_processes(job.id, str(self.home))
+        if stragglers:
+            # The devices stay CLEANING, visibly, for as long as the grace period may take.
+            with self.store.transaction(self.what) as s:
+                s.jobs.mark_cleaning(job.id)
+            processes.end_job_processes(job.id, None, None, str(self.home), control.release_grace())
+        # With nothing left to clean, CLEANING and the end are one transaction: one lock turn less per job.
         with self.store.transaction(self.what) as s:
             s.jobs.mark_cleaning(job.id)
-        processes.end_job_processes(job.id, None, None, str(self.home), control.release_grace())
-        with self.store.transaction(self.what) as s:
             s.jobs.finish(job.id, exit_code, reason)
             decision = s.jobs.run_scheduling_pass()
         control.wake_allocated(self.home, decision)
