@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["Remote tools"])
 MAX_WAIT_S = 30.0
-POLL_S = 0.1
+# A safety net only: a wake can miss (e.g. two requests waiting on one job share its FIFO).
+RECHECK_S = 2.0
 END_REASONS = ("finished", "failed", "released", "lost")
 MAX_DEVICES = 1024
 
@@ -192,19 +193,28 @@ def wait_job(request: Request, caller: CallerDep) -> dict[str, Any]:
     timeout = param(request, "timeout", float, required=False, default=20.0)
     if not 0 <= timeout <= MAX_WAIT_S:
         raise ApiError(SYNTAX, f"SyntaxError. Parameter 'timeout' must be from 0 to {MAX_WAIT_S:g} seconds.")
+    from moreh_tools.jobs.wakeup import WakeUp
+
     store = request.app.state.store
     deadline = time.monotonic() + timeout
-    while True:
-        with store.reading() as s:
-            job = _owned_job(s, caller, job_id)
-            ended = s.jobs.history_entry(job_id) if job is None else None
-        if job is None:
-            return {"state": "ended", "reason": ended.end_reason if ended is not None else "removed"}
-        if job.status != "QUEUED":
-            return {"state": "allocated", "job": job_json(job)}
-        if time.monotonic() >= deadline:
-            return {"state": "queued"}
-        time.sleep(POLL_S)
+    # Sleep on the job's FIFO, as a local launcher does, rather than reading the state in a loop: whoever
+    # allocates or releases the job on the master wakes it. Opened before the first read, so no wake is lost.
+    wakeup = WakeUp(store.home, job_id)
+    try:
+        while True:
+            with store.reading() as s:
+                job = _owned_job(s, caller, job_id)
+                ended = s.jobs.history_entry(job_id) if job is None else None
+            if job is None:
+                return {"state": "ended", "reason": ended.end_reason if ended is not None else "removed"}
+            if job.status != "QUEUED":
+                return {"state": "allocated", "job": job_json(job)}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {"state": "queued"}
+            wakeup.wait(min(left, RECHECK_S))
+    finally:
+        wakeup.close()
 
 
 @router.post("/api/remote/job/running", summary="moreh-run: the job's command started (extension)")
