@@ -119,8 +119,12 @@ def parse(argv: list[str]) -> Request:
     """Turn the arguments into a request; raise :class:`LaunchError` (usage) for bad ones."""
     options, command = split_argv(argv)
     ns = _parser().parse_args(options)
-    if ns.priority is not None and not -99 <= ns.priority <= 99:
-        raise LaunchError(f"priority {ns.priority} is out of range: use an integer from -99 to 99", EXIT_USAGE)
+    from state.records import PRIORITY_MAX, PRIORITY_MIN
+
+    if ns.priority is not None and not PRIORITY_MIN <= ns.priority <= PRIORITY_MAX:
+        raise LaunchError(
+            f"priority {ns.priority} is out of range: use an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", EXIT_USAGE
+        )
     if ns.sda is not None and not 0 <= ns.sda <= SDA_ID_MAX:
         raise LaunchError(f"SDA id {ns.sda} is not valid: use one of your SDA ids (see 'moreh-smi')", EXIT_USAGE)
     if not command or not command[0]:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from moreh_tools.api.auth import Caller, CallerDep, require_admin
 from moreh_tools.api.errors import BACKEND, NOT_FOUND, SYNTAX, ApiError
 from moreh_tools.api.params import param
+from state.records import END_REASONS, PRIORITY_MAX, PRIORITY_MIN
 
 if TYPE_CHECKING:
     from state.records import Job
@@ -27,7 +28,6 @@ router = APIRouter(tags=["Remote tools"])
 MAX_WAIT_S = 30.0
 # A safety net only: a wake can miss (e.g. two requests waiting on one job share its FIFO).
 RECHECK_S = 2.0
-END_REASONS = ("finished", "failed", "released", "lost")
 MAX_DEVICES = 1024
 
 
@@ -125,8 +125,10 @@ def submit_job(request: Request, caller: CallerDep) -> dict[str, Any]:
     launcher_create_time = param(request, "launcherCreateTime", float, required=False, default=0.0)
     client_version = param(request, "clientVersion", str, required=False, default="")
     devices = _gpu_list(param(request, "devices", str, required=False))
-    if priority is not None and not -99 <= priority <= 99:
-        raise ApiError(SYNTAX, f"SyntaxError. Parameter 'priority' must be from -99 to 99, got {priority}.")
+    if priority is not None and not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ApiError(
+            SYNTAX, f"SyntaxError. Parameter 'priority' must be from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority}."
+        )
     if not 0 <= launcher_pid < 2**31:
         raise ApiError(SYNTAX, "SyntaxError. Parameter 'launcherPid' must be a process id.")
     from moreh_tools.jobs import control
