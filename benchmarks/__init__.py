@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -161,3 +162,13 @@ def run_standalone(main: Callable[[bool], list[Figure]], description: str) -> No
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs, not how fast")
     ns = parser.parse_args()
     print(figure_table(main(ns.quick)))
+
+
+def register_host(home: Path, provider: Any, host: str) -> int:
+    """Register ``host`` (this machine) with ``provider``'s GPUs in the state at ``home``, as its first job would."""
+    from dataclasses import replace
+
+    from moreh_tools.port import LocalPort
+    from moreh_tools.services.hosts import register_with
+
+    return register_with(replace(LocalPort(home, None, "benchmark").context(), host=host), provider)

@@ -38,7 +38,7 @@ def _seed(home: Path, tokens: int, waiting_jobs: int) -> tuple[str, list[str]]:
             sdas = s.sdas.of_token(token)
             sda_id = sdas[0].id if sdas else s.sdas.create(token, "", 1 + i % 3)
             s.jobs.submit(
-                token, sda_id, host="bench-elsewhere", launcher_pid=1, launcher_create_time=0.0, process_name="train.py"
+                token, sda_id, backend_id=s.backends.local_id("bench-elsewhere"), launcher_pid=1, launcher_create_time=0.0, process_name="train.py"
             )
         # Its devices shut down after the submits: the jobs stay waiting and the queue keeps its length.
         s.backends.update_device(elsewhere, None, "SHUTDOWN")

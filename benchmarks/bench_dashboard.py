@@ -71,7 +71,7 @@ def build_state(home: Path, sizes: Sizes) -> str:
         sdas = [s.sdas.create(token, "", 1) for token in tokens]
         for number in range(1, sizes.backends + 1):
             s.backends.create(f"node-{number:03d}", f"10.0.{number // 250}.{number % 250 + 1}", sizes.devices)
-        s.conn.execute(
+        s.execute(
             "UPDATE devices SET name = 'Simulated GPU (moreh-tools)', memory_total_mib = 81920, "
             "memory_used_mib = 0, util_gpu = 0, util_mem = 0, temp_gpu = 35, temp_mem = 40, sampled_at = now()"
         )
@@ -82,7 +82,7 @@ def build_state(home: Path, sizes: Sizes) -> str:
             job_id += 1
             held, free = free[:4], free[4:]
             token_index = number % sizes.tokens
-            s.conn.execute(
+            s.execute(
                 "INSERT INTO jobs (id, token, sda_id, priority, status, host, pid, launcher_pid, process_name, "
                 "device_count, request_time, submit_time, start_time) VALUES "
                 "(?, ?, ?, 0, 'RUNNING', ?, 0, 0, ?, 4, now() - INTERVAL 1 HOUR, now() - INTERVAL 50 MINUTE, "
@@ -90,8 +90,8 @@ def build_state(home: Path, sizes: Sizes) -> str:
                 [job_id, tokens[token_index], sdas[token_index], f"node-{held[0][0]:03d}", f"python train_{number}.py"],
             )
             for backend, index in held:
-                s.conn.execute("INSERT INTO job_devices VALUES (?, ?, ?)", [job_id, backend, index])
-                s.conn.execute(
+                s.execute("INSERT INTO job_devices VALUES (?, ?, ?)", [job_id, backend, index])
+                s.execute(
                     "UPDATE devices SET status = 'PROCESSING', memory_used_mib = ?, util_gpu = ? "
                     "WHERE backend_id = ? AND idx = ?",
                     [rng.randint(20000, 80000), rng.randint(30, 100), backend, index],
@@ -112,12 +112,12 @@ def build_state(home: Path, sizes: Sizes) -> str:
                     number,
                 ]
             )
-        s.conn.executemany(
+        s.executemany(
             "INSERT INTO jobs (id, token, sda_id, priority, status, host, launcher_pid, process_name, device_count, "
             "request_time) VALUES (?, ?, ?, ?, 'QUEUED', ?, 0, ?, ?, now() - INTERVAL 2 HOUR + to_seconds(?))",
             rows,
         )
-        s.conn.execute("SELECT setval('seq_job', ?)", [job_id + 1])
+        s.execute("SELECT setval('seq_job', ?)", [job_id + 1])
     return tokens[1]
 
 
@@ -193,11 +193,13 @@ def idle_cpu_percent(run: PtyRun, seconds: float, settle: float) -> float:
 
 def in_process_reads(home: Path) -> tuple[float, float]:
     """(ms of a full admin read, ms of a poll when nothing changed), medians of 5."""
-    from moreh_tools.dashboard.data import Access, StateSource
+    from moreh_tools.dashboard.data import PortSource
+    from moreh_tools.port import LocalPort
+    from moreh_tools.services.records import Access
 
     full, unchanged = [], []
     for _ in range(5):
-        source = StateSource(StateStore(home), Access(None, "bench", admin=True), host="bench-host")
+        source = PortSource(LocalPort(home, None, "bench"), Access(None, "bench", admin=True))
         started = time.perf_counter()
         source.fetch("admin")
         full.append(time.perf_counter() - started)

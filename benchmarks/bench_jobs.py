@@ -35,6 +35,7 @@ from benchmarks import (
     median,
     percentile,
     progress,
+    register_host,
     run_standalone,
     scratch_dir,
     subprocess_env,
@@ -62,11 +63,10 @@ QUICK = Sizes(latency_runs=3, submitters=2, jobs_per_submitter=3, waiting=3, wat
 
 def make_users(home: Path, count: int, model_id: int) -> list[str]:
     """``count`` tokens, each with one SDA of ``model_id``, on a registered simulated host."""
-    from moreh_tools.gpus.local import ensure_local_backend
     from moreh_tools.gpus.simulated import SimulatedGpuProvider
 
     store = StateStore(home)
-    ensure_local_backend(store, SimulatedGpuProvider(8, 81920, hostname=HOST), host=HOST)
+    register_host(home, SimulatedGpuProvider(8, 81920, hostname=HOST), HOST)
     tokens = []
     with store.transaction("benchmark: users") as s:
         for i in range(count):

@@ -74,22 +74,22 @@ def build_state(home: Path, sizes: Sizes) -> str:
             s.jobs.submit(
                 other,
                 other_sda,
-                host=f"bench-node-{node:04d}",
+                backend_id=s.backends.local_id(f"bench-node-{node:04d}"),
                 launcher_pid=10_000 + n,
                 launcher_create_time=0.0,
                 process_name=f"python other_{n}.py",
             )
         job = s.jobs.submit(
-            mine, running_sda, host=host, launcher_pid=99, launcher_create_time=0.0, process_name="python train.py"
+            mine, running_sda, backend_id=s.backends.local_id(host), launcher_pid=99, launcher_create_time=0.0, process_name="python train.py"
         )
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(job.id, 100, 0.0)
         s.jobs.submit(
-            mine, waiting_sda, host=host, launcher_pid=98, launcher_create_time=0.0, process_name="python big.py"
+            mine, waiting_sda, backend_id=s.backends.local_id(host), launcher_pid=98, launcher_create_time=0.0, process_name="python big.py"
         )
         running = s.jobs.get(job.id)
         s.jobs.record_processes(job.id, [(100, "python", 886, d.backend_id, d.index) for d in running.devices])
-        s.conn.execute(
+        s.execute(
             "UPDATE devices SET memory_total_mib = 81559, memory_used_mib = 886, util_gpu = 62, util_mem = 1, "
             "temp_gpu = 40, temp_mem = 45, name = 'NVIDIA H100 80GB HBM3', sampled_at = now()"
         )

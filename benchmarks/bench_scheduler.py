@@ -185,7 +185,7 @@ def build_state(home: Path, scenario: Scenario) -> None:
     """Write the scenario into a fresh state in one transaction (bulk inserts)."""
     groups = sorted({b.group_id for b in scenario.backends} - {0})
     with StateStore(home).transaction("benchmark: bulk cluster") as s:
-        c = s.conn
+        c = s
         c.execute("INSERT INTO backend_groups SELECT unnest(?), 'rack' || unnest(?)", [groups, groups])
         c.execute(
             "INSERT INTO model_groups SELECT unnest(?), 'models-rack' || unnest(?), unnest(?)", [groups, groups, groups]

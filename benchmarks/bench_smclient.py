@@ -66,20 +66,20 @@ def build_token_state(home: Path, count: int) -> None:
     levels = [rng.choice(("USER", "USER", "USER", "ADMIN", "DEVELOPER")) for _ in range(count)]
     with_sda = list(range(0, count, 2))
     with StateStore(home).transaction("benchmark: bulk tokens") as s:
-        s.conn.execute(
+        s.execute(
             "INSERT INTO tokens (value, description, priority, access_level, created_at) "
             "SELECT v, d, p, a, TIMESTAMP '2024-01-01' + to_seconds(i) FROM "
             "(SELECT unnest(?) AS v, unnest(?) AS d, unnest(?) AS p, unnest(?) AS a, unnest(range(?)) AS i)",
             [values, descriptions, priorities, levels, count],
         )
-        s.conn.execute(
+        s.execute(
             "INSERT INTO sdas (id, token, model_id, description, created_at) "
             "SELECT nextval('seq_sda'), unnest(?), unnest(?), '', now()",
             [[values[i] for i in with_sda], [rng.choice((1, 2, 3, 4)) for _ in with_sda]],
         )
-        s.conn.execute("UPDATE tokens SET current_sda = s.id FROM sdas s WHERE s.token = tokens.value")
+        s.execute("UPDATE tokens SET current_sda = s.id FROM sdas s WHERE s.token = tokens.value")
         env_tokens = values[::10]
-        s.conn.execute(
+        s.execute(
             "INSERT INTO token_env SELECT unnest(?), 'HF_HOME', '/data/hf/' || unnest(?), 1",
             [env_tokens, [f"u{i}" for i in range(len(env_tokens))]],
         )
@@ -88,15 +88,15 @@ def build_token_state(home: Path, count: int) -> None:
 def build_backend_state(home: Path, backends: int, devices_per_backend: int) -> None:
     """``backends`` backends in five groups with sampled devices in every status, in one transaction."""
     with StateStore(home).transaction("benchmark: bulk backends") as s:
-        s.conn.execute("INSERT INTO backend_groups SELECT nextval('seq_backendgroup'), 'rack' || range FROM range(4)")
-        s.conn.execute(
+        s.execute("INSERT INTO backend_groups SELECT nextval('seq_backendgroup'), 'rack' || range FROM range(4)")
+        s.execute(
             "INSERT INTO backends (id, host, ip, group_id, status, created_at) "
             "SELECT nextval('seq_backend'), printf('gpu-node-%04d', range), "
             "printf('10.%d.%d.%d', 1 + range // 62500, (range // 250) % 250, range % 250 + 1), range % 5, "
             "CASE WHEN range % 97 = 0 THEN 'SHUTDOWN' ELSE 'ACTIVE' END, now() FROM range(?)",
             [backends],
         )
-        s.conn.execute(
+        s.execute(
             "INSERT INTO devices SELECT b.id, r.range, "
             "CASE WHEN b.status = 'SHUTDOWN' THEN 'SHUTDOWN' "
             "     ELSE ['IDLE', 'IDLE', 'PROCESSING', 'PROCESSING', 'PREPARING', 'CLEANING', 'IDLE', 'PROCESSING']"

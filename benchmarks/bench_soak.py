@@ -29,7 +29,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import Figure, console_script, median, percentile, progress, run_standalone, scratch_dir, subprocess_env
+from benchmarks import (
+    Figure,
+    console_script,
+    median,
+    percentile,
+    progress,
+    register_host,
+    run_standalone,
+    scratch_dir,
+    subprocess_env,
+)
 from state.store import StateStore
 
 HOST = "soak-host"
@@ -86,16 +96,15 @@ def make_users(home: Path, count: int, rng: random.Random) -> list[str]:
     return tokens
 
 
-def register_host(home: Path) -> None:
+def register_soak_host(home: Path) -> None:
     """Register the simulated host as its first job or ``sdamanager`` would, before the soak.
 
     Launchers that all start on a host nobody registered yet each check, register (finding it done
     by the first) and submit: three lock turns each instead of one, once in the host's life.
     """
-    from moreh_tools.gpus.local import ensure_local_backend
     from moreh_tools.gpus.simulated import SimulatedGpuProvider
 
-    ensure_local_backend(StateStore(home), SimulatedGpuProvider(GPUS, 81920, hostname=HOST), host=HOST)
+    register_host(home, SimulatedGpuProvider(GPUS, 81920, hostname=HOST), HOST)
 
 
 def _poll(env: dict[str, str], token: str, stop: threading.Event, soak: Soak) -> None:
@@ -121,7 +130,7 @@ def run_soak(root: Path, jobs: int, timeout_s: float, seed: int = 7) -> Soak:
     home, markers, stats_file = root / "state", root / "markers", root / "lock-stats"
     markers.mkdir(parents=True)
     tokens = make_users(home, max(2, jobs // 2), rng)
-    register_host(home)
+    register_soak_host(home)
     env = subprocess_env(home, root / "pycache", {
         "MOREH_FAKE_GPUS": str(GPUS), "MOREH_HOSTNAME": HOST, "MOREH_RELEASE_GRACE": "1",
         "MOREH_LOCK_STATS": str(stats_file), "MOREH_TOKEN_FILE": str(root / "no-token-file"),

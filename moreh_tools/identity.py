@@ -48,3 +48,30 @@ def host_ip(name: str) -> str:
         return socket.gethostbyname(name)
     except OSError:
         return "127.0.0.1"
+
+
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_id() -> str:
+    """What this machine is known by as a backend: a name an admin cannot edit and a shell cannot change.
+
+    ``MOREH_MACHINE_ID`` overrides it (to simulate several hosts on one machine); otherwise the systemd /
+    D-Bus machine id, else ``boot:<kernel boot id>`` (stable until the next boot), else ``host:<node name>``.
+    """
+    explicit = os.environ.get("MOREH_MACHINE_ID", "").strip()
+    if explicit:
+        return explicit[:128]
+    for path in MACHINE_ID_FILES:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value:
+            return value[:128]
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii", errors="replace") as f:
+            return "boot:" + f.read().strip()
+    except OSError:
+        return "host:" + (os.uname().nodename or "localhost")

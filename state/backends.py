@@ -104,7 +104,7 @@ class BackendGroupRepository:
 
     def _move(self, backend_ids: Sequence[int], group_id: int) -> None:
         for backend_id in backend_ids:
-            self.s.conn.execute("UPDATE backends SET group_id = ? WHERE id = ?", [group_id, backend_id])
+            self.s.execute("UPDATE backends SET group_id = ? WHERE id = ?", [group_id, backend_id])
 
     def create(self, name: str, backend_ids: Sequence[int] = ()) -> int:
         """Create a group, moving the listed backends (all from the default group) into it."""
@@ -114,7 +114,7 @@ class BackendGroupRepository:
         row = self.s.one("SELECT nextval('seq_backendgroup')")
         assert row is not None
         group_id = int(row[0])
-        self.s.conn.execute("INSERT INTO backend_groups VALUES (?, ?)", [group_id, name])
+        self.s.execute("INSERT INTO backend_groups VALUES (?, ?)", [group_id, name])
         self._move(backend_ids, group_id)
         self.s.events.record("CREATE_BACKENDGROUP", f"id={group_id} name={name} backends={list(backend_ids)}")
         return group_id
@@ -130,11 +130,11 @@ class BackendGroupRepository:
                 "to force the delete."
             )
         self._move([m[0] for m in members], DEFAULT_GROUP_ID)
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE model_groups SET backend_group_id = ? WHERE backend_group_id = ?",
             [DEFAULT_GROUP_ID, group_id],
         )
-        self.s.conn.execute("DELETE FROM backend_groups WHERE id = ?", [group_id])
+        self.s.execute("DELETE FROM backend_groups WHERE id = ?", [group_id])
         self.s.events.record("DELETE_BACKENDGROUP", f"id={group_id} force={force}")
 
     def rename(self, group_id: int, name: str) -> None:
@@ -143,7 +143,7 @@ class BackendGroupRepository:
         self.require(group_id)
         check_name(name, "backend group name")
         self._check_unique_name(name, group_id)
-        self.s.conn.execute("UPDATE backend_groups SET name = ? WHERE id = ?", [name, group_id])
+        self.s.execute("UPDATE backend_groups SET name = ? WHERE id = ?", [name, group_id])
         self.s.events.record("UPDATE_BACKENDGROUP", f"id={group_id} name={name}")
 
     def replace_members(self, group_id: int, backend_ids: Sequence[int]) -> None:
@@ -151,7 +151,7 @@ class BackendGroupRepository:
         self._not_default(group_id, "given a backend list (backends return to it when removed elsewhere)")
         self.require(group_id)
         self._check_movable(group_id, list(backend_ids))
-        self.s.conn.execute("UPDATE backends SET group_id = ? WHERE group_id = ?", [DEFAULT_GROUP_ID, group_id])
+        self.s.execute("UPDATE backends SET group_id = ? WHERE group_id = ?", [DEFAULT_GROUP_ID, group_id])
         self._move(backend_ids, group_id)
         self.s.events.record("UPDATE_BACKENDGROUP", f"id={group_id} backends={list(backend_ids)}")
 
@@ -243,12 +243,12 @@ class BackendRepository:
         row = self.s.one("SELECT nextval('seq_backend')")
         assert row is not None
         backend_id = int(row[0])
-        self.s.conn.execute(
+        self.s.execute(
             "INSERT INTO backends (id, host, ip, group_id, status, created_at) VALUES (?, ?, ?, 0, 'ACTIVE', now())",
             [backend_id, host, ip],
         )
         if device_count:
-            self.s.conn.execute(
+            self.s.execute(
                 "INSERT INTO devices (backend_id, idx, status) SELECT ?, range, 'IDLE' FROM range(?)",
                 [backend_id, device_count],
             )
@@ -270,10 +270,10 @@ class BackendRepository:
         held = self._held_devices(backend_id)
         if held:
             raise ConflictError(f"Backend {backend_id} device {held[0][0]} is held by {held[0][1]}; release it first.")
-        self.s.conn.execute("DELETE FROM devices WHERE backend_id = ?", [backend_id])
-        self.s.conn.execute("DELETE FROM device_samples WHERE backend_id = ?", [backend_id])
-        self.s.conn.execute("DELETE FROM backend_ipmi WHERE backend_id = ?", [backend_id])
-        self.s.conn.execute("DELETE FROM backends WHERE id = ?", [backend_id])
+        self.s.execute("DELETE FROM devices WHERE backend_id = ?", [backend_id])
+        self.s.execute("DELETE FROM device_samples WHERE backend_id = ?", [backend_id])
+        self.s.execute("DELETE FROM backend_ipmi WHERE backend_id = ?", [backend_id])
+        self.s.execute("DELETE FROM backends WHERE id = ?", [backend_id])
         self.s.events.record("DELETE_BACKEND", f"id={backend_id}")
 
     def update_host(self, backend_id: int, host: str) -> None:
@@ -281,21 +281,21 @@ class BackendRepository:
         self.get(backend_id)
         check_host(host)
         self._check_unique_host(host, backend_id)
-        self.s.conn.execute("UPDATE backends SET host = ? WHERE id = ?", [host, backend_id])
+        self.s.execute("UPDATE backends SET host = ? WHERE id = ?", [host, backend_id])
         self.s.events.record("UPDATE_BACKEND", f"id={backend_id} host={host}")
 
     def update_ip(self, backend_id: int, ip: str) -> None:
         """Change a backend's address."""
         self.get(backend_id)
         ip = check_ip(ip)
-        self.s.conn.execute("UPDATE backends SET ip = ? WHERE id = ?", [ip, backend_id])
+        self.s.execute("UPDATE backends SET ip = ? WHERE id = ?", [ip, backend_id])
         self.s.events.record("UPDATE_BACKEND", f"id={backend_id} ip={ip}")
 
     def update_status(self, backend_id: int, status: str) -> None:
         """Mark a backend ACTIVE or SHUTDOWN (SHUTDOWN backends get no new jobs)."""
         self.get(backend_id)
         status = check_choice(status, BACKEND_STATUSES, "backend status")
-        self.s.conn.execute("UPDATE backends SET status = ? WHERE id = ?", [status, backend_id])
+        self.s.execute("UPDATE backends SET status = ? WHERE id = ?", [status, backend_id])
         self.s.events.record("UPDATE_BACKEND", f"id={backend_id} status={status}")
 
     def update_group(self, backend_id: int, group_id: int | None) -> None:
@@ -303,7 +303,7 @@ class BackendRepository:
         self.get(backend_id)
         target = DEFAULT_GROUP_ID if group_id is None else group_id
         self.s.backend_groups.require(target)
-        self.s.conn.execute("UPDATE backends SET group_id = ? WHERE id = ?", [target, backend_id])
+        self.s.execute("UPDATE backends SET group_id = ? WHERE id = ?", [target, backend_id])
         self.s.events.record("UPDATE_BACKEND", f"id={backend_id} group={target}")
 
     def update_device(self, backend_id: int, index: int | None, status: str) -> int:
@@ -319,9 +319,9 @@ class BackendRepository:
         if held:
             raise ConflictError(f"Backend {backend_id} device {held[0][0]} is held by {held[0][1]}; release it first.")
         if index is None:
-            self.s.conn.execute("UPDATE devices SET status = ? WHERE backend_id = ?", [status, backend_id])
+            self.s.execute("UPDATE devices SET status = ? WHERE backend_id = ?", [status, backend_id])
         else:
-            self.s.conn.execute(
+            self.s.execute(
                 "UPDATE devices SET status = ? WHERE backend_id = ? AND idx = ?", [status, backend_id, index]
             )
         self.s.events.record(
@@ -330,27 +330,115 @@ class BackendRepository:
         )
         return len(indexes) if index is None else 1
 
+    def ipmi_addresses(self) -> dict[int, tuple[str, int]]:
+        """Backend id -> (IPMI address, last known power status) of the backends that have one."""
+        return {int(r[0]): (str(r[1]), int(r[2])) for r in self.s.all("SELECT backend_id, ip, status FROM backend_ipmi")}
+
+    def set_ipmi(self, backend_id: int, ip: str, status: int) -> None:
+        """Record a backend's IPMI address and power status."""
+        self.s.execute("DELETE FROM backend_ipmi WHERE backend_id = ?", [backend_id])
+        self.s.execute("INSERT INTO backend_ipmi VALUES (?, ?, ?)", [backend_id, ip, status])
+
+    def by_ipmi_or_worker_ip(self, node: str) -> int:
+        """The id of the backend whose IPMI address (else worker address) is ``node``; NotFoundError when none."""
+        row = self.s.one("SELECT backend_id FROM backend_ipmi WHERE ip = ?", [node])
+        if row is None:
+            row = self.s.one("SELECT id FROM backends WHERE ip = ?", [node])
+        if row is None:
+            raise NotFoundError(f"No backend has the IPMI or worker address '{node[:80]}'; see GET /api/backend.")
+        return int(row[0])
+
+    def described_devices(self, backend_id: int) -> dict[int, str]:
+        """Index -> UUID of the backend's devices already described by a GPU provider."""
+        rows = self.s.all("SELECT idx, uuid FROM devices WHERE backend_id = ? AND uuid IS NOT NULL", [backend_id])
+        return {int(index): str(uuid) for index, uuid in rows}
+
+    def device_indexes(self, backend_id: int) -> set[int]:
+        """The indexes of the backend's devices."""
+        return {int(r[0]) for r in self.s.all("SELECT idx FROM devices WHERE backend_id = ?", [backend_id])}
+
     def local_id(self, host: str) -> int | None:
         """Return the id of the backend named ``host``, if registered."""
         row = self.s.one("SELECT id FROM backends WHERE host = ?", [host])
         return int(row[0]) if row else None
 
-    def register_local(self, host: str, ip: str, devices: Sequence[tuple[str, str, int]]) -> int:
-        """Register this host as a backend with its GPUs ((uuid, name, memory MiB) per index); return its id.
+    def by_machine(self, machine_id: str) -> int | None:
+        """The id of the backend registered for the machine ``machine_id``, if any."""
+        row = self.s.one("SELECT id FROM backends WHERE machine_id = ? ORDER BY id LIMIT 1", [machine_id])
+        return int(row[0]) if row else None
 
-        An already registered host keeps its status, group and device statuses (the admin's word
-        stands); GPUs that appeared since are added as IDLE.
+    def machine_of(self, backend_id: int) -> str | None:
+        """The machine id a backend was registered for (None: created by an admin, never reported)."""
+        row = self.s.one("SELECT machine_id FROM backends WHERE id = ?", [backend_id])
+        return str(row[0]) if row and row[0] is not None else None
+
+    def uuid_owners(self, uuids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """GPU UUID -> (backend id, device index) for the UUIDs already registered."""
+        wanted = sorted({u for u in uuids if u})
+        if not wanted:
+            return {}
+        rows = self.s.all(
+            f"SELECT uuid, backend_id, idx FROM devices WHERE uuid IN ({','.join('?' * len(wanted))})", wanted
+        )
+        return {str(u): (int(b), int(i)) for u, b, i in rows}
+
+    def claim_machine(self, backend_id: int, machine_id: str) -> None:
+        """Tie a backend to a machine (one registered before hosts were known by machine id, or by an admin)."""
+        self.s.execute("UPDATE backends SET machine_id = ? WHERE id = ?", [machine_id, backend_id])
+
+    def touch(self, backend_id: int) -> None:
+        """Record that the backend's host reported just now (a host marked unreachable is back)."""
+        self.s.execute("UPDATE backends SET last_seen = now(), unreachable = FALSE WHERE id = ?", [backend_id])
+
+    def mark_unreachable(self, backend_id: int) -> None:
+        """The backend's host stopped reporting: its devices leave the pool until it reports again."""
+        self.s.execute("UPDATE backends SET unreachable = TRUE WHERE id = ? AND NOT unreachable", [backend_id])
+        self.s.events.record("BACKEND_UNREACHABLE", f"id={backend_id}")
+
+    def silent_since(self, seconds: float) -> list[int]:
+        """Backends that reported once but not in the last ``seconds`` (their host went quiet)."""
+        rows = self.s.all(
+            "SELECT id FROM backends WHERE last_seen IS NOT NULL AND NOT unreachable "
+            "AND epoch(now()::TIMESTAMP) - epoch(last_seen) > ? ORDER BY id",
+            [seconds],
+        )
+        return [int(r[0]) for r in rows]
+
+    def register_local(
+        self, host: str, ip: str, devices: Sequence[tuple[str, str, int]], machine_id: str | None = None
+    ) -> int:
+        """Register a host as a backend with its GPUs ((uuid, name, memory MiB) per index); return its id.
+
+        The host is found by ``machine_id`` first (an admin may rename a backend; a shell may set another
+        ``MOREH_HOSTNAME``), then by name. An already registered host keeps its status, group and device
+        statuses (the admin's word stands); GPUs that appeared since are added as IDLE. A GPU already
+        registered as another backend's device is refused: one physical GPU is never handed out twice.
         """
-        backend_id = self.local_id(host)
+        backend_id = self.by_machine(machine_id) if machine_id else None
+        if backend_id is None:
+            backend_id = self.local_id(host)
+            if backend_id is not None and machine_id and self.machine_of(backend_id) not in (None, machine_id):
+                raise ConflictError(
+                    f"A backend named '{host}' is registered for another machine; set MOREH_HOSTNAME to a name of "
+                    "this machine's own, or ask an admin to rename that backend."
+                )
+        for uuid, (owner, index) in self.uuid_owners([d[0] for d in devices]).items():
+            if owner != backend_id:
+                raise ConflictError(
+                    f"GPU {uuid} is already registered as device {index} of backend {owner}; one GPU is never "
+                    "registered twice (delete that backend, or fix the machine id of this host)."
+                )
         if backend_id is None:
             backend_id = self.create(host, ip, 0)
-        known = {int(r[0]) for r in self.s.all("SELECT idx FROM devices WHERE backend_id = ?", [backend_id])}
+        if machine_id and self.machine_of(backend_id) is None:
+            self.claim_machine(backend_id, machine_id)
+        known = self.device_indexes(backend_id)
         for index, (uuid, name, memory) in enumerate(devices):
             if index not in known:
-                self.s.conn.execute(
+                self.s.execute(
                     "INSERT INTO devices (backend_id, idx, status) VALUES (?, ?, 'IDLE')", [backend_id, index]
                 )
-            self.s.conn.execute(
+            self.s.execute(
                 "UPDATE devices SET uuid = ?, name = ?, memory_total_mib = ? WHERE backend_id = ? AND idx = ?",
                 [uuid, name, memory, backend_id, index],
             )
@@ -362,12 +450,12 @@ class BackendRepository:
         The history (``/api/signal``, ``/metrics``) keeps ``MOREH_SAMPLE_RETENTION_S`` seconds (default a day).
         """
         now = time.time() if at is None else at
-        self.s.conn.executemany(
+        self.s.executemany(
             "INSERT INTO device_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [[now, backend_id, d.index, *_figures(d)] for d in samples],
         )
         _prune_samples(self.s, now)
-        self.s.conn.executemany(
+        self.s.executemany(
             "UPDATE devices SET memory_total_mib = ?, memory_used_mib = ?, util_gpu = ?, util_mem = ?, temp_gpu = ?, "
             "temp_mem = ?, sampled_at = now() WHERE backend_id = ? AND idx = ?",
             [[*_figures(d), backend_id, d.index] for d in samples],
@@ -401,4 +489,4 @@ def _prune_samples(s: Session, now: float) -> None:
     if now - _last_prune < _PRUNE_EVERY_S:
         return
     _last_prune = now
-    s.conn.execute("DELETE FROM device_samples WHERE t < ?", [now - sample_retention_s()])
+    s.execute("DELETE FROM device_samples WHERE t < ?", [now - sample_retention_s()])

@@ -23,3 +23,19 @@ class StateBusyError(StateError):
 
 class StateUnavailableError(StateError):
     """The state file cannot be opened: corrupt, foreign, or its directory is not usable."""
+
+
+class StateOwnedElsewhere(StateError):
+    """A daemon took the state over while this process waited for it; ask the daemon instead."""
+
+
+class BadRequestError(InvalidValueError):
+    """The request itself is malformed (not a number, not one of the choices): bad usage, exit status 2."""
+
+
+class PermissionDeniedError(StateError):
+    """The caller may not do this (an ADMIN or HOST token is needed, or the thing is another token's)."""
+
+
+class UnknownTokenError(NotFoundError):
+    """The token presented is not known to the SDA Manager (the runtime's ``moreh::InvalidToken``)."""

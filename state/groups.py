@@ -71,7 +71,7 @@ class _ListGroupRepository:
         start = self.s.one(f"SELECT coalesce(max(position), 0) FROM {self.member_table} WHERE group_id = ?", [group_id])
         base = int(start[0]) if start else 0
         for offset, member in enumerate(members, start=1):
-            self.s.conn.execute(
+            self.s.execute(
                 f"INSERT INTO {self.member_table} (group_id, {self.member_column}, position) VALUES (?, ?, ?)",
                 [group_id, member, base + offset],
             )
@@ -107,8 +107,8 @@ class _ListGroupRepository:
                 f"add 'true' to force the delete."
             )
         self._before_delete(group_id)
-        self.s.conn.execute(f"DELETE FROM {self.member_table} WHERE group_id = ?", [group_id])
-        self.s.conn.execute(f"DELETE FROM {self.table} WHERE id = ?", [group_id])
+        self.s.execute(f"DELETE FROM {self.member_table} WHERE group_id = ?", [group_id])
+        self.s.execute(f"DELETE FROM {self.table} WHERE id = ?", [group_id])
         self.s.events.record(f"DELETE_{self.noun.upper()}", f"id={group_id} force={force}")
 
     def rename(self, group_id: int, name: str) -> None:
@@ -116,13 +116,13 @@ class _ListGroupRepository:
         self._require(group_id)
         check_name(name, f"{self.kind} name")
         self._check_unique_name(name, group_id)
-        self.s.conn.execute(f"UPDATE {self.table} SET name = ? WHERE id = ?", [name, group_id])
+        self.s.execute(f"UPDATE {self.table} SET name = ? WHERE id = ?", [name, group_id])
         self.s.events.record(f"UPDATE_{self.noun.upper()}", f"id={group_id} name={name}")
 
     def replace_members(self, group_id: int, members: Sequence[Any]) -> None:
         """Replace the member list (an empty list clears it)."""
         self._require(group_id)
-        self.s.conn.execute(f"DELETE FROM {self.member_table} WHERE group_id = ?", [group_id])
+        self.s.execute(f"DELETE FROM {self.member_table} WHERE group_id = ?", [group_id])
         self._insert_members(group_id, list(members))
         self.s.events.record(
             f"UPDATE_{self.noun.upper()}",
@@ -142,7 +142,7 @@ class _ListGroupRepository:
         self._require(group_id)
         if member not in self.member_ids(group_id):
             raise NotFoundError(f"{self._member_text(member)} is not in {self.kind} {group_id}.")
-        self.s.conn.execute(
+        self.s.execute(
             f"DELETE FROM {self.member_table} WHERE group_id = ? AND {self.member_column} = ?",
             [group_id, member],
         )
@@ -164,10 +164,10 @@ class UserGroupRepository(_ListGroupRepository):
         self.s.tokens.get(member)
 
     def _create_row(self, group_id: int, name: str, extra: Any) -> None:
-        self.s.conn.execute("INSERT INTO user_groups VALUES (?, ?, ?)", [group_id, name, extra or ""])
+        self.s.execute("INSERT INTO user_groups VALUES (?, ?, ?)", [group_id, name, extra or ""])
 
     def _before_delete(self, group_id: int) -> None:
-        self.s.conn.execute("DELETE FROM memberships WHERE user_group_id = ?", [group_id])
+        self.s.execute("DELETE FROM memberships WHERE user_group_id = ?", [group_id])
 
     def all(self, group_id: int | None = None) -> list[UserGroup]:
         """Return every user group (or just ``group_id``) with its tokens."""
@@ -207,18 +207,18 @@ class ModelGroupRepository(_ListGroupRepository):
 
     def _create_row(self, group_id: int, name: str, extra: Any) -> None:
         self.s.backend_groups.require(int(extra))
-        self.s.conn.execute("INSERT INTO model_groups VALUES (?, ?, ?)", [group_id, name, int(extra)])
+        self.s.execute("INSERT INTO model_groups VALUES (?, ?, ?)", [group_id, name, int(extra)])
 
     def _before_delete(self, group_id: int) -> None:
         # SDAs built through this group fall back to no group (the default backend group).
-        self.s.conn.execute("UPDATE sdas SET model_group_id = NULL WHERE model_group_id = ?", [group_id])
-        self.s.conn.execute("DELETE FROM memberships WHERE model_group_id = ?", [group_id])
+        self.s.execute("UPDATE sdas SET model_group_id = NULL WHERE model_group_id = ?", [group_id])
+        self.s.execute("DELETE FROM memberships WHERE model_group_id = ?", [group_id])
 
     def set_backend_group(self, group_id: int, backend_group_id: int) -> None:
         """Tie the model group to another backend group."""
         self._require(group_id)
         self.s.backend_groups.require(backend_group_id)
-        self.s.conn.execute("UPDATE model_groups SET backend_group_id = ? WHERE id = ?", [backend_group_id, group_id])
+        self.s.execute("UPDATE model_groups SET backend_group_id = ? WHERE id = ?", [backend_group_id, group_id])
         self.s.events.record("UPDATE_SDAMODELGROUP", f"id={group_id} backend_group={backend_group_id}")
 
     def all(self, group_id: int | None = None) -> list[ModelGroup]:
@@ -278,7 +278,7 @@ class MembershipRepository:
         self.s.model_groups.get(model_group_id)
         if (user_group_id, model_group_id) in self.pairs():
             raise ConflictError(f"User group {user_group_id} is already a member of SDA model group {model_group_id}.")
-        self.s.conn.execute("INSERT INTO memberships VALUES (?, ?)", [user_group_id, model_group_id])
+        self.s.execute("INSERT INTO memberships VALUES (?, ?)", [user_group_id, model_group_id])
         self.s.events.record("ADD_MEMBERSHIP", f"user_group={user_group_id} model_group={model_group_id}")
 
     def remove(self, user_group_id: int, model_group_id: int) -> None:
@@ -290,7 +290,7 @@ class MembershipRepository:
                 f"User group {user_group_id} has no membership with SDA model group {model_group_id}; "
                 "see 'show membership'."
             )
-        self.s.conn.execute(
+        self.s.execute(
             "DELETE FROM memberships WHERE user_group_id = ? AND model_group_id = ?",
             [user_group_id, model_group_id],
         )

@@ -20,7 +20,7 @@ from state.checks import check_priority
 from state.errors import ConflictError, InvalidValueError, NotFoundError
 from state.queue import queue_positions, scheduling_inputs
 from state.records import END_REASONS, JOB_STATUSES, DeviceRef, HistoryEntry, Job, TokenUsage
-from state.reports import USAGE_SPANS_SQL
+from state.reports import HISTORY_COLUMNS, USAGE_SPANS_SQL
 from state.stats import LOCK_STATS_VAR, record_stat
 
 if TYPE_CHECKING:
@@ -29,11 +29,8 @@ if TYPE_CHECKING:
 _JOB_COLUMNS = (
     "id, token, sda_id, priority, status, host, pid, pid_create_time, launcher_pid, launcher_create_time, "
     "process_name, client_version, "
-    "device_count, request_time, submit_time, start_time, release_requested"
-)
-_HISTORY_COLUMNS = (
-    "id, token, sda_id, priority, host, pid, process_name, client_version, device_count, devices, request_time, "
-    "start_time, end_time, exit_code, end_reason"
+    "device_count, request_time, submit_time, start_time, release_requested, backend_id, guardian_pid, "
+    "guardian_create_time, release_detail"
 )
 
 
@@ -65,7 +62,7 @@ class JobRepository:
     def _select(self, where: str = "", params: list[Any] | None = None) -> list[Job]:
         rows = self.s.all(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", params)
         devices = self._devices([int(r[0]) for r in rows]) if len(rows) <= 500 else self._devices()
-        return [Job(*row[:17], devices=tuple(devices.get(int(row[0]), ()))) for row in rows]  # type: ignore[misc]
+        return [Job(*row[:21], devices=tuple(devices.get(int(row[0]), ()))) for row in rows]  # type: ignore[misc]
 
     def get(self, job_id: int) -> Job:
         """Return a queued or running job or raise NotFoundError."""
@@ -99,6 +96,22 @@ class JobRepository:
         """Return the jobs launched on ``host``."""
         return self._select("WHERE host = ?", [host])
 
+    def first_on_sda(self, sda_id: int) -> Job | None:
+        """The oldest job that uses (or waits for) the SDA, if any."""
+        row = self.s.one("SELECT id FROM jobs WHERE sda_id = ? ORDER BY id LIMIT 1", [sda_id])
+        return self.find(int(row[0])) if row else None
+
+    def active_ids_on_backend(self, backend_id: int) -> list[int]:
+        """The ids of the jobs running on backend ``backend_id``'s host that hold devices (SUBMITTED or RUNNING)."""
+        rows = self.s.all(
+            "SELECT id FROM jobs WHERE backend_id = ? AND status IN ('SUBMITTED', 'RUNNING')", [backend_id]
+        )
+        return [int(r[0]) for r in rows]
+
+    def on_backend(self, backend_id: int) -> list[Job]:
+        """The jobs (queued or running) whose process runs on backend ``backend_id``'s host."""
+        return self._select("WHERE backend_id = ?", [backend_id])
+
     def queue_position(self, job_id: int) -> int | None:
         """Return the 1-based position of a QUEUED job in scheduling order."""
         return queue_positions(self.s).get(job_id)
@@ -110,14 +123,16 @@ class JobRepository:
         token: str,
         sda_id: int,
         *,
-        host: str,
+        backend_id: int,
         launcher_pid: int,
         launcher_create_time: float,
         process_name: str,
         priority: int | None = None,
         client_version: str = "",
+        guardian_pid: int | None = None,
+        guardian_create_time: float | None = None,
     ) -> Job:
-        """Queue a job for one of the token's SDAs; refuse what could never run."""
+        """Queue a job for one of the token's SDAs, to run on backend ``backend_id``; refuse what could never run."""
         owner = self.s.tokens.get(token)
         sda = self.s.sdas.get(sda_id)
         if sda.token != token:
@@ -125,19 +140,20 @@ class JobRepository:
         self.s.sdas.choose_model(token, sda.model_id, sda.model_group_id)
         model = self.s.models.get(sda.model_id)
         job_priority = owner.priority if priority is None else check_priority(priority)
-        backend = self.s.one("SELECT id, group_id FROM backends WHERE host = ?", [host])
+        backend = self.s.one("SELECT host, group_id FROM backends WHERE id = ?", [backend_id])
         if backend is None:
-            raise NotFoundError(f"This host '{host}' is not a registered backend; register it first.")
+            raise NotFoundError(f"Backend {backend_id} is not registered; register this host first.")
+        host, group = str(backend[0]), int(backend[1])
         wanted_group = self.backend_group_of_sda(sda_id)
-        if not sda.reserved and backend[1] != wanted_group:
+        if not sda.reserved and group != wanted_group:
             raise ConflictError(
                 f"SDA {sda_id} runs on backend group {wanted_group}, which does not include this host '{host}' "
-                f"(group {backend[1]}); ask an admin to adjust the groups."
+                f"(group {group}); ask an admin to adjust the groups."
             )
         elsewhere = self.s.one(
             "SELECT min(b.host) FROM sda_reservations r JOIN backends b ON b.id = r.backend_id "
-            "WHERE r.sda_id = ? AND b.host <> ?",
-            [sda_id, host],
+            "WHERE r.sda_id = ? AND b.id <> ?",
+            [sda_id, backend_id],
         )
         if sda.reserved and elsewhere is not None and elsewhere[0] is not None:
             raise ConflictError(
@@ -145,10 +161,9 @@ class JobRepository:
             )
         # Devices held by reserved SDAs never go to ordinary jobs, so they do not count as usable here.
         usable = self.s.one(
-            "SELECT count(*) FROM devices d JOIN backends b ON b.id = d.backend_id "
-            "WHERE b.host = ? AND d.status <> 'SHUTDOWN' AND NOT EXISTS (SELECT 1 FROM sda_reservations r "
-            "WHERE r.backend_id = d.backend_id AND r.device_index = d.idx)",
-            [host],
+            "SELECT count(*) FROM devices d WHERE d.backend_id = ? AND d.status <> 'SHUTDOWN' AND NOT EXISTS "
+            "(SELECT 1 FROM sda_reservations r WHERE r.backend_id = d.backend_id AND r.device_index = d.idx)",
+            [backend_id],
         )
         if not sda.reserved and usable is not None and usable[0] < model.devices:
             raise ConflictError(
@@ -158,17 +173,25 @@ class JobRepository:
         row = self.s.one("SELECT nextval('seq_job')")
         assert row is not None
         job_id = int(row[0])
-        self.s.conn.execute(
+        self.s.execute(
             "INSERT INTO jobs (id, token, sda_id, priority, status, host, launcher_pid, launcher_create_time, "
-            "process_name, client_version, device_count, request_time) "
-            "VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, now())",
+            "process_name, client_version, device_count, request_time, backend_id, guardian_pid, "
+            "guardian_create_time) VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
             [
                 job_id, token, sda_id, job_priority, host, launcher_pid, launcher_create_time, process_name,
-                client_version, model.devices,
+                client_version, model.devices, backend_id, guardian_pid, guardian_create_time,
             ],
         )
         self.s.events.record("CREATE_JOB", f"id={job_id} sda={sda_id} devices={model.devices}", token)
         return self.get(job_id)
+
+    def of_launcher(self, backend_id: int, launcher_pid: int, launcher_create_time: float) -> int | None:
+        """The id of the job (queued, running or ended) a launcher submitted, if any: a retried submit finds it."""
+        row = self.s.one(
+            "SELECT id FROM jobs WHERE backend_id = ? AND launcher_pid = ? AND launcher_create_time = ?",
+            [backend_id, launcher_pid, launcher_create_time],
+        )
+        return int(row[0]) if row else None
 
     def backend_group_of_sda(self, sda_id: int) -> int:
         """The backend group an SDA's jobs run in: its model group's, else the default group 0."""
@@ -204,15 +227,15 @@ class JobRepository:
             return
         held = [(a.job_id, b, i) for a in allocations for b, i in a.devices]
         job_ids, backend_ids, indexes = ([h[n] for h in held] for n in range(3))
-        self.s.conn.execute(
+        self.s.execute(
             "INSERT INTO job_devices SELECT unnest(?), unnest(?), unnest(?)", [job_ids, backend_ids, indexes]
         )
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE devices SET status = 'PREPARING' FROM (SELECT unnest(?) AS b, unnest(?) AS i) AS given "
             "WHERE devices.backend_id = given.b AND devices.idx = given.i AND devices.status = 'IDLE'",
             [backend_ids, indexes],
         )
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE jobs SET status = 'SUBMITTED', submit_time = now() "
             "WHERE id IN (SELECT unnest(?)) AND status = 'QUEUED'",
             [[a.job_id for a in allocations]],
@@ -226,11 +249,11 @@ class JobRepository:
 
     def mark_running(self, job_id: int, pid: int, pid_create_time: float) -> None:
         """Record that the job's process started: devices PROCESSING."""
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE jobs SET status = 'RUNNING', pid = ?, pid_create_time = ?, start_time = now() WHERE id = ?",
             [pid, pid_create_time, job_id],
         )
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE devices SET status = 'PROCESSING' FROM job_devices d "
             "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
             [job_id],
@@ -238,14 +261,18 @@ class JobRepository:
 
     def mark_cleaning(self, job_id: int) -> None:
         """The job's process has ended: its devices are being cleaned."""
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE devices SET status = 'CLEANING' FROM job_devices d "
             "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
             [job_id],
         )
 
-    def finish(self, job_id: int, exit_code: int | None, reason: str) -> HistoryEntry | None:
-        """Move the job to history, free its devices (IDLE) and record their usage; None if already gone."""
+    def finish(self, job_id: int, exit_code: int | None, reason: str, detail: str = "") -> HistoryEntry | None:
+        """Move the job to history, free its devices (IDLE) and record their usage; None if already gone.
+
+        A job someone asked to stop ends as ``released`` whatever its command did on the way out, with the
+        release's detail (who asked) unless ``detail`` says more.
+        """
         if reason not in END_REASONS:
             raise InvalidValueError(f"Unknown end reason '{reason}'.")
         job = self.find(job_id)
@@ -253,39 +280,44 @@ class JobRepository:
             return None
         if job.release_requested and reason in ("failed", "finished", "lost"):
             reason = "released"
+        if job.release_requested and not detail:
+            detail = job.release_detail
         devices = json.dumps([{"host": d.backend_host, "backend_id": d.backend_id, "index": d.index} for d in job.devices])
-        self.s.conn.execute(
-            f"INSERT INTO job_history ({_HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
+        self.s.execute(
+            f"INSERT INTO job_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
             [
                 job.id, job.token, job.sda_id, job.priority, job.host, job.pid, job.process_name, job.client_version,
-                job.device_count, devices, job.request_time, job.start_time, exit_code, reason,
+                job.device_count, devices, job.request_time, job.start_time, exit_code, reason, detail,
             ],
         )
         if job.start_time is not None:
-            self.s.conn.execute(
+            self.s.execute(
                 "INSERT INTO device_usage SELECT ?, ?, backend_id, device_index, ?, now() FROM job_devices "
                 "WHERE job_id = ?",
                 [job.id, job.token, job.start_time, job.id],
             )
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE devices SET status = 'IDLE' FROM job_devices d "
             "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index "
             "AND devices.status IN ('PREPARING', 'PROCESSING', 'CLEANING')",
             [job_id],
         )
-        self.s.conn.execute("DELETE FROM job_devices WHERE job_id = ?", [job_id])
-        self.s.conn.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
-        self.s.conn.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+        self.s.execute("DELETE FROM job_devices WHERE job_id = ?", [job_id])
+        self.s.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
+        self.s.execute("DELETE FROM jobs WHERE id = ?", [job_id])
         self.s.events.record("END_JOB", f"id={job_id} reason={reason} exit={exit_code}", job.token)
         return self.history_entry(job_id)
 
-    def request_release(self, job_id: int) -> Job:
-        """Flag a job for release; a QUEUED job leaves the queue at once."""
+    def request_release(self, job_id: int, detail: str = "") -> Job:
+        """Flag a job for release, saying who asked (``detail``); a QUEUED job leaves the queue at once."""
         job = self.get(job_id)
-        self.s.conn.execute("UPDATE jobs SET release_requested = TRUE WHERE id = ?", [job_id])
+        if not job.release_requested:
+            self.s.execute(
+                "UPDATE jobs SET release_requested = TRUE, release_detail = ? WHERE id = ?", [detail, job_id]
+            )
         self.s.events.record("RELEASE_JOB", f"id={job_id} status={job.status}", job.token)
         if job.status == "QUEUED":
-            self.finish(job_id, None, "released")
+            self.finish(job_id, None, "released", detail)
         return job
 
     def update_priority(self, job_id: int, priority: int) -> None:
@@ -294,14 +326,14 @@ class JobRepository:
         check_priority(priority)
         if job.status != "QUEUED":
             raise ConflictError(f"Job {job_id} is {job.status}; only a QUEUED job's priority can change.")
-        self.s.conn.execute("UPDATE jobs SET priority = ? WHERE id = ?", [priority, job_id])
+        self.s.execute("UPDATE jobs SET priority = ? WHERE id = ?", [priority, job_id])
         self.s.events.record("UPDATE_JOB_PRIORITY", f"id={job_id} priority={priority}", job.token)
 
     def record_processes(self, job_id: int, processes: Sequence[tuple[int, str, int, int | None, int | None]]) -> None:
         """Replace the sampled processes of a job: (pid, name, memory MiB, backend id, device index)."""
-        self.s.conn.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
+        self.s.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
         if processes:
-            self.s.conn.executemany(
+            self.s.executemany(
                 "INSERT INTO job_processes VALUES (?, ?, ?, ?, ?, ?)", [[job_id, *p] for p in processes]
             )
 
@@ -313,12 +345,12 @@ class JobRepository:
         if token is not None:
             self.s.tokens.get(token)
         limit = f" LIMIT {int(count)}" if count is not None else ""
-        rows = self.s.all(f"SELECT {_HISTORY_COLUMNS} FROM job_history {where} ORDER BY end_time DESC, id DESC{limit}", params)
+        rows = self.s.all(f"SELECT {HISTORY_COLUMNS} FROM job_history {where} ORDER BY end_time DESC, id DESC{limit}", params)
         return [HistoryEntry(*row) for row in reversed(rows)]
 
     def history_entry(self, job_id: int) -> HistoryEntry | None:
         """Return one ended job."""
-        row = self.s.one(f"SELECT {_HISTORY_COLUMNS} FROM job_history WHERE id = ?", [job_id])
+        row = self.s.one(f"SELECT {HISTORY_COLUMNS} FROM job_history WHERE id = ?", [job_id])
         return HistoryEntry(*row) if row else None
 
     def usage(self, begin: datetime, end: datetime, token: str | None = None) -> list[TokenUsage]:

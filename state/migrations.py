@@ -216,7 +216,42 @@ def m003_model_descriptions(conn: Connection) -> None:
     conn.execute("CREATE TABLE sda_model_info (model_id INTEGER PRIMARY KEY, description VARCHAR NOT NULL)")
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (m001_initial, m002_api, m003_model_descriptions)
+def m004_event_origin(conn: Connection) -> None:
+    """Who asked for each change: the peer's Unix uid and the way in (``uid=1000 socket``)."""
+    conn.execute("ALTER TABLE events ADD COLUMN origin VARCHAR NOT NULL DEFAULT ''")
+
+
+def m005_host_identity(conn: Connection) -> None:
+    """Hosts known by their machine id (not their editable name), when each last reported, and per job: the
+    backend it runs on, its guardian, and who asked it to stop."""
+    # DuckDB alters no table that an index depends on: drop the indexes, alter, index again.
+    conn.execute(
+        """
+        DROP INDEX idx_jobs_token;
+        DROP INDEX idx_history_token;
+        ALTER TABLE backends ADD COLUMN machine_id VARCHAR;
+        ALTER TABLE backends ADD COLUMN last_seen TIMESTAMP;
+        ALTER TABLE backends ADD COLUMN unreachable BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE jobs ADD COLUMN backend_id INTEGER;
+        ALTER TABLE jobs ADD COLUMN guardian_pid INTEGER;
+        ALTER TABLE jobs ADD COLUMN guardian_create_time DOUBLE;
+        ALTER TABLE jobs ADD COLUMN release_detail VARCHAR NOT NULL DEFAULT '';
+        ALTER TABLE job_history ADD COLUMN end_detail VARCHAR NOT NULL DEFAULT '';
+        CREATE INDEX idx_jobs_token ON jobs(token);
+        CREATE INDEX idx_history_token ON job_history(token);
+        """
+    )
+    # Jobs queued before this version name their host only; tie them to the backend of that name.
+    conn.execute("UPDATE jobs SET backend_id = b.id FROM backends b WHERE b.host = jobs.host")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    m001_initial,
+    m002_api,
+    m003_model_descriptions,
+    m004_event_origin,
+    m005_host_identity,
+)
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -26,21 +26,21 @@ def scheduling_inputs(s: Session) -> tuple[list[BackendState], list[QueuedJob], 
     for backend_id, idx, status in s.all("SELECT backend_id, idx, status FROM devices ORDER BY 1, 2"):
         devices.setdefault(backend_id, []).append(DeviceState(backend_id, idx, status))
     backends = [
-        BackendState(bid, host, gid, status == "ACTIVE", tuple(devices.get(bid, ())))
-        for bid, host, gid, status in s.all("SELECT id, host, group_id, status FROM backends ORDER BY id")
+        BackendState(bid, host, gid, status == "ACTIVE" and not unreachable, tuple(devices.get(bid, ())))
+        for bid, host, gid, status, unreachable in s.all(
+            "SELECT id, host, group_id, status, unreachable FROM backends ORDER BY id"
+        )
     ]
     reservations: dict[int, list[tuple[int, int]]] = {}
     for sda_id, backend_id, idx in s.all("SELECT sda_id, backend_id, device_index FROM sda_reservations"):
         reservations.setdefault(sda_id, []).append((backend_id, idx))
-    host_backend = {host: bid for bid, host in s.all("SELECT id, host FROM backends")}
     queue: list[QueuedJob] = []
-    for jid, token, sda_id, priority, request_time, count, host, group, duplicable in s.all(
-        "SELECT j.id, j.token, j.sda_id, j.priority, j.request_time, j.device_count, j.host, "
+    for jid, token, sda_id, priority, request_time, count, local, group, duplicable in s.all(
+        "SELECT j.id, j.token, j.sda_id, j.priority, j.request_time, j.device_count, j.backend_id, "
         "coalesce(g.backend_group_id, 0), t.duplicable "
         "FROM jobs j JOIN sdas s ON s.id = j.sda_id JOIN tokens t ON t.value = j.token "
         "LEFT JOIN model_groups g ON g.id = s.model_group_id WHERE j.status = 'QUEUED'"
     ):
-        local = host_backend.get(host)
         queue.append(
             QueuedJob(
                 id=int(jid),

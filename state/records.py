@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-ACCESS_LEVELS = ("USER", "ADMIN", "DEVELOPER")
+# HOST is ours (not in the manual): the token of a GPU host's sdamanager, which may register the host and report
+# its GPUs, and nothing else an ADMIN may do.
+ACCESS_LEVELS = ("USER", "ADMIN", "DEVELOPER", "HOST")
 BACKEND_STATUSES = ("SHUTDOWN", "ACTIVE")
 DEVICE_STATUSES = ("SHUTDOWN", "IDLE", "PREPARING", "PROCESSING", "CLEANING")
 PRIORITY_MIN, PRIORITY_MAX = -99, 99
@@ -157,10 +159,13 @@ class Event:
     token: str
     command: str
     detail: str
+    origin: str = ""  # who asked: ``uid=N`` and the way in (file, socket, http); empty for older entries
 
 
 JOB_STATUSES = ("QUEUED", "SUBMITTED", "RUNNING")
-END_REASONS = ("finished", "failed", "released", "lost")
+# ``cancelled``: its own user interrupted a job that was still waiting (Ctrl-C), unlike ``released`` (someone
+# asked a job to stop: an admin, the user's moreh-smi -r, the dashboard).
+END_REASONS = ("finished", "failed", "released", "lost", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,10 @@ class Job:
     submit_time: datetime | None
     start_time: datetime | None
     release_requested: bool
+    backend_id: int | None = None  # the backend of the host the job's process runs on
+    guardian_pid: int | None = None
+    guardian_create_time: float | None = None
+    release_detail: str = ""  # who asked the job to stop ("released by an admin", ...), once someone has
     devices: tuple[DeviceRef, ...] = ()
 
 
@@ -206,6 +215,7 @@ class HistoryEntry:
     end_time: datetime
     exit_code: int | None
     end_reason: str
+    end_detail: str = ""  # who or what ended it, when someone did ("released by an admin", "timed out", ...)
 
     @property
     def device_refs(self) -> tuple[DeviceRef, ...]:

@@ -22,9 +22,9 @@ USAGE_SPANS_SQL = """
     WHERE j.start_time IS NOT NULL
 """
 
-_HISTORY_COLUMNS = (
+HISTORY_COLUMNS = (
     "id, token, sda_id, priority, host, pid, process_name, client_version, device_count, devices, request_time, "
-    "start_time, end_time, exit_code, end_reason"
+    "start_time, end_time, exit_code, end_reason, end_detail"
 )
 
 
@@ -69,7 +69,7 @@ def search_history(s: Session, query: HistoryQuery) -> tuple[list[HistoryEntry],
     condition = f"WHERE {' AND '.join(where)}" if where else ""
     total = s.one(f"SELECT count(*) FROM job_history {condition}", params)
     rows = s.all(
-        f"SELECT {_HISTORY_COLUMNS} FROM job_history {condition} ORDER BY end_time DESC, id DESC LIMIT ? OFFSET ?",
+        f"SELECT {HISTORY_COLUMNS} FROM job_history {condition} ORDER BY end_time DESC, id DESC LIMIT ? OFFSET ?",
         [*params, max(query.limit, 0), max(query.offset, 0)],
     )
     return [HistoryEntry(*row) for row in rows], int(total[0]) if total else 0

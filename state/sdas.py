@@ -30,6 +30,10 @@ class SDAModelRepository:
             raise NotFoundError(f"SDA model {model_id} not found; list models with 'show sdamodel'.")
         return SDAModel(*row)
 
+    def exists(self, model_id: int) -> bool:
+        """Whether an SDA model with this id exists."""
+        return self.s.one("SELECT 1 FROM sda_models WHERE id = ?", [model_id]) is not None
+
     def all(self) -> list[SDAModel]:
         """Return every model ordered by id."""
         return [SDAModel(*r) for r in self.s.all("SELECT id, name, devices FROM sda_models ORDER BY id")]
@@ -44,7 +48,7 @@ class SDAModelRepository:
         row = self.s.one("SELECT nextval('seq_sdamodel')")
         assert row is not None
         model_id = int(row[0])
-        self.s.conn.execute("INSERT INTO sda_models VALUES (?, ?, ?)", [model_id, name, devices])
+        self.s.execute("INSERT INTO sda_models VALUES (?, ?, ?)", [model_id, name, devices])
         self.s.events.record("CREATE_SDAMODEL", f"id={model_id} name={name} devices={devices}")
         return model_id
 
@@ -53,8 +57,8 @@ class SDAModelRepository:
         self.get(model_id)
         if len(description) > 1024 or not description.isprintable():
             raise InvalidValueError("The SDA model description must be at most 1024 printable characters.")
-        self.s.conn.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
-        self.s.conn.execute("INSERT INTO sda_model_info VALUES (?, ?)", [model_id, description])
+        self.s.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
+        self.s.execute("INSERT INTO sda_model_info VALUES (?, ?)", [model_id, description])
 
     def descriptions(self) -> dict[int, str]:
         """Model id -> description, for the models that have one."""
@@ -68,9 +72,9 @@ class SDAModelRepository:
             raise ConflictError(
                 f"SDA model {model_id} is used by {used[0]} SDA(s); move them to another model with 'update sda'."
             )
-        self.s.conn.execute("DELETE FROM model_group_models WHERE model_id = ?", [model_id])
-        self.s.conn.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
-        self.s.conn.execute("DELETE FROM sda_models WHERE id = ?", [model_id])
+        self.s.execute("DELETE FROM model_group_models WHERE model_id = ?", [model_id])
+        self.s.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
+        self.s.execute("DELETE FROM sda_models WHERE id = ?", [model_id])
         self.s.events.record("DELETE_SDAMODEL", f"id={model_id}")
 
 
@@ -168,14 +172,14 @@ class SDARepository:
         assert row is not None
         sda_id = int(row[0])
         group_id = choice.group.id if choice.group is not None else None
-        self.s.conn.execute(
+        self.s.execute(
             "INSERT INTO sdas VALUES (?, ?, ?, ?, ?, ?, now())",
             [sda_id, token, model_id, group_id, description, reserved],
         )
         if reserved:
             self._reserve_devices(sda_id, model_id)
         if owner.current_sda is None:
-            self.s.conn.execute("UPDATE tokens SET current_sda = ? WHERE value = ?", [sda_id, token])
+            self.s.execute("UPDATE tokens SET current_sda = ? WHERE value = ?", [sda_id, token])
         self.s.events.record(
             "CREATE_RESV_SDA" if reserved else "CREATE_SDA",
             f"id={sda_id} model={model_id} group={group_id if group_id is not None else ''}",
@@ -208,7 +212,7 @@ class SDARepository:
                 f"Cannot reserve {count} device(s) for SDA model {model_id}: backend group {group_id} has only "
                 f"{idle} idle unreserved device(s); free some or pick a smaller model."
             )
-        self.s.conn.executemany("INSERT INTO sda_reservations VALUES (?, ?, ?)", [[sda_id, b, i] for b, i in chosen])
+        self.s.executemany("INSERT INTO sda_reservations VALUES (?, ?, ?)", [[sda_id, b, i] for b, i in chosen])
 
     def _refuse_if_busy(self, sda_id: int, doing: str) -> None:
         busy = self.s.one("SELECT id, status FROM jobs WHERE sda_id = ? ORDER BY id LIMIT 1", [sda_id])
@@ -230,13 +234,13 @@ class SDARepository:
         for sda in owned:
             self._refuse_if_busy(sda.id, "deleted")
         for sda in owned:
-            self.s.conn.execute("DELETE FROM sda_reservations WHERE sda_id = ?", [sda.id])
-            self.s.conn.execute("DELETE FROM sdas WHERE id = ?", [sda.id])
+            self.s.execute("DELETE FROM sda_reservations WHERE sda_id = ?", [sda.id])
+            self.s.execute("DELETE FROM sdas WHERE id = ?", [sda.id])
             self.s.events.record("DELETE_SDA", f"id={sda.id}", token)
         remaining = self.s.one("SELECT min(id) FROM sdas WHERE token = ?", [token])
         current = self.s.tokens.get(token).current_sda
         if current is None or current in {sda.id for sda in owned}:
-            self.s.conn.execute(
+            self.s.execute(
                 "UPDATE tokens SET current_sda = ? WHERE value = ?",
                 [remaining[0] if remaining else None, token],
             )
@@ -259,7 +263,7 @@ class SDARepository:
         self._refuse_if_busy(sda_id, "switched to another model")
         choice = self.choose_model(token, model_id, model_group_id)
         group_id = choice.group.id if choice.group is not None else None
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE sdas SET model_id = ?, model_group_id = ? WHERE id = ?", [model_id, group_id, sda_id]
         )
         self.s.events.record("UPDATE_SDA", f"id={sda_id} model={model_id}", token)

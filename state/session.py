@@ -20,10 +20,14 @@ if TYPE_CHECKING:
 class Session:
     """Everything one command may read or change, inside one transaction."""
 
-    def __init__(self, conn: Any, command: str) -> None:
-        """Wrap an open connection whose transaction the store manages."""
-        self.conn = conn
-        self.events = EventLog(conn, command)
+    def __init__(self, conn: Any, command: str, origin: str = "") -> None:
+        """Wrap an open connection whose transaction the store manages.
+
+        ``command`` is the command line being executed and ``origin`` who asked for it (a Unix uid and the way
+        in, e.g. ``uid=1000 socket``); the events recorded in the session carry both.
+        """
+        self._conn = conn
+        self.events = EventLog(self, command, origin)
 
     @cached_property
     def tokens(self) -> TokenRepository:
@@ -106,13 +110,23 @@ class Session:
         """Return the applied schema version."""
         from state.migrations import current_version
 
-        return current_version(self.conn)
+        return current_version(self._conn)
+
+    # -- for the repositories of this package: the only way SQL reaches the connection ------------------
+
+    def execute(self, sql: str, params: list[Any] | None = None) -> None:
+        """Run one statement (inside the session's transaction)."""
+        self._conn.execute(sql, params or [])
+
+    def executemany(self, sql: str, rows: list[list[Any]]) -> None:
+        """Run one statement once per parameter row."""
+        self._conn.executemany(sql, rows)
 
     def one(self, sql: str, params: list[Any] | None = None) -> tuple[Any, ...] | None:
         """Run a query and return its first row (or None)."""
-        row = self.conn.execute(sql, params or []).fetchone()
+        row = self._conn.execute(sql, params or []).fetchone()
         return tuple(row) if row is not None else None
 
     def all(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a query and return all rows."""
-        return self.conn.execute(sql, params or []).fetchall()  # DuckDB already returns a list of tuples
+        return self._conn.execute(sql, params or []).fetchall()  # DuckDB already returns a list of tuples

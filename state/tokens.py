@@ -63,6 +63,29 @@ class TokenRepository:
         )
         return self._row_to_token(row, env)
 
+    def access_level(self, value: str) -> str | None:
+        """The token's access level, or None for an unknown token (one cheap query: every API request asks)."""
+        row = self.s.one("SELECT access_level FROM tokens WHERE value = ?", [value])
+        return str(row[0]) if row else None
+
+    def description(self, value: str) -> str:
+        """The token's description ("" for an unknown token)."""
+        row = self.s.one("SELECT description FROM tokens WHERE value = ?", [value])
+        return str(row[0]) if row else ""
+
+    def descriptions(self, values: Collection[str]) -> dict[str, str]:
+        """Value -> description of the existing tokens among ``values``."""
+        wanted = sorted(set(values))
+        if not wanted:
+            return {}
+        rows = self.s.all(f"SELECT value, description FROM tokens WHERE value IN ({','.join('?' * len(wanted))})", wanted)
+        return {str(v): str(d) for v, d in rows}
+
+    def count(self) -> int:
+        """How many tokens there are."""
+        row = self.s.one("SELECT count(*) FROM tokens")
+        return int(row[0]) if row else 0
+
     def exists(self, value: str) -> bool:
         """Return whether the token exists."""
         return self.s.one("SELECT 1 FROM tokens WHERE value = ?", [value]) is not None
@@ -96,7 +119,7 @@ class TokenRepository:
         value = new_token_value()
         while self.exists(value):  # 136 random bits: a collision is astronomically unlikely
             value = new_token_value()
-        self.s.conn.execute(
+        self.s.execute(
             "INSERT INTO tokens (value, description, priority, created_at) VALUES (?, ?, ?, now())",
             [value, description, priority],
         )
@@ -114,13 +137,13 @@ class TokenRepository:
         jobs = self.s.one("SELECT count(*) FROM jobs WHERE token = ?", [value])
         if jobs and jobs[0]:
             raise ConflictError(f"Token '{value}' has {jobs[0]} job(s) in the queue; release them first.")
-        self.s.conn.execute("DELETE FROM token_env WHERE token = ?", [value])
-        self.s.conn.execute("DELETE FROM user_group_tokens WHERE token = ?", [value])
-        self.s.conn.execute("DELETE FROM tokens WHERE value = ?", [value])
+        self.s.execute("DELETE FROM token_env WHERE token = ?", [value])
+        self.s.execute("DELETE FROM user_group_tokens WHERE token = ?", [value])
+        self.s.execute("DELETE FROM tokens WHERE value = ?", [value])
         self.s.events.record("DELETE_TOKEN", "", value)
 
     def _set(self, value: str, column: str, new: Any, action: str) -> None:
-        self.s.conn.execute(f"UPDATE tokens SET {column} = ? WHERE value = ?", [new, value])
+        self.s.execute(f"UPDATE tokens SET {column} = ? WHERE value = ?", [new, value])
         self.s.events.record(action, f"{column}={new}", value)
 
     def update_description(self, value: str, description: str) -> None:
@@ -185,10 +208,10 @@ class TokenRepository:
             raise InvalidValueError("The environment value must be at most 4096 characters without NUL bytes.")
         existing = self.s.one("SELECT position FROM token_env WHERE token = ? AND name = ?", [value, name])
         if existing is not None:
-            self.s.conn.execute("UPDATE token_env SET value = ? WHERE token = ? AND name = ?", [env_value, value, name])
+            self.s.execute("UPDATE token_env SET value = ? WHERE token = ? AND name = ?", [env_value, value, name])
         else:
             pos = self.s.one("SELECT coalesce(max(position), 0) + 1 FROM token_env WHERE token = ?", [value])
-            self.s.conn.execute(
+            self.s.execute(
                 "INSERT INTO token_env VALUES (?, ?, ?, ?)", [value, name, env_value, pos[0] if pos else 1]
             )
         self.s.events.record("ADD_TOKEN_ENV", f"{name}={env_value}", value)
@@ -198,7 +221,7 @@ class TokenRepository:
         self.get(value)
         if self.s.one("SELECT 1 FROM token_env WHERE token = ? AND name = ?", [value, name]) is None:
             raise NotFoundError(f"Token '{value}' has no environment variable '{name}'; see 'get token {value}'.")
-        self.s.conn.execute("DELETE FROM token_env WHERE token = ? AND name = ?", [value, name])
+        self.s.execute("DELETE FROM token_env WHERE token = ? AND name = ?", [value, name])
         self.s.events.record("REMOVE_TOKEN_ENV", name, value)
 
     def running(self) -> list[str]:

@@ -91,7 +91,7 @@ class UserRepository:
         row = self.s.one("SELECT nextval('seq_user')")
         assert row is not None
         number = int(row[0])
-        self.s.conn.execute(
+        self.s.execute(
             "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, now(), now())",
             [user_id, number, name, salt, hash_secret(password), question, hash_secret(answer)],
         )
@@ -125,7 +125,7 @@ class UserRepository:
         _check_secret(password, "password")
         if not self.check_answer(user_id, answer):
             raise NotFoundError(f"User '{user_id}' not found or the QnA answer does not match.")
-        self.s.conn.execute(
+        self.s.execute(
             "UPDATE users SET password_hash = ?, updated_at = now() WHERE id = ?", [hash_secret(password), user_id]
         )
         self.s.events.record("UPDATE_USER_PASSWORD", f"id={user_id}")

@@ -65,21 +65,21 @@ class VersionRepository:
         check_name(path, "installed path")
         if self.s.one("SELECT 1 FROM versions WHERE version = ?", [version]) is not None:
             raise ConflictError(f"Version '{version}' already exists; change it with 'update version path'.")
-        self.s.conn.execute("INSERT INTO versions (version, path) VALUES (?, ?)", [version, path])
+        self.s.execute("INSERT INTO versions (version, path) VALUES (?, ?)", [version, path])
         self.s.events.record("CREATE_VERSION", f"version={version} path={path}")
 
     def delete(self, version: str) -> None:
         """Remove a version and its worker environment."""
         self.get(version)
-        self.s.conn.execute("DELETE FROM worker_env WHERE version = ?", [version])
-        self.s.conn.execute("DELETE FROM versions WHERE version = ?", [version])
+        self.s.execute("DELETE FROM worker_env WHERE version = ?", [version])
+        self.s.execute("DELETE FROM versions WHERE version = ?", [version])
         self.s.events.record("DELETE_VERSION", f"version={version}")
 
     def set_path(self, version: str, path: str) -> None:
         """Change where the version is installed."""
         self.get(version)
         check_name(path, "installed path")
-        self.s.conn.execute("UPDATE versions SET path = ? WHERE version = ?", [path, version])
+        self.s.execute("UPDATE versions SET path = ? WHERE version = ?", [path, version])
         self.s.events.record("UPDATE_VERSION", f"version={version} path={path}")
 
     def set_command(self, version: str, which: str, command: str) -> None:
@@ -88,7 +88,7 @@ class VersionRepository:
         column = COMMAND_FIELDS[which]
         if len(command) > 4096 or "\x00" in command:
             raise InvalidValueError("The command must be at most 4096 characters without NUL bytes.")
-        self.s.conn.execute(f"UPDATE versions SET {column} = ? WHERE version = ?", [command, version])
+        self.s.execute(f"UPDATE versions SET {column} = ? WHERE version = ?", [command, version])
         self.s.events.record("UPDATE_VERSION", f"version={version} {which}={command}")
 
     def set_supported(self, version: str, supported: bool) -> None:
@@ -96,7 +96,7 @@ class VersionRepository:
         current = self.get(version)
         if not supported and current.latest:
             raise ConflictError(f"Version '{version}' is the latest; make another version latest first.")
-        self.s.conn.execute("UPDATE versions SET supported = ? WHERE version = ?", [supported, version])
+        self.s.execute("UPDATE versions SET supported = ? WHERE version = ?", [supported, version])
         self.s.events.record("UPDATE_VERSION", f"version={version} supported={supported}")
 
     def set_latest(self, version: str) -> None:
@@ -106,7 +106,7 @@ class VersionRepository:
             raise ConflictError(
                 f"Version '{version}' is not supported; run 'update version support {version} true' first."
             )
-        self.s.conn.execute("UPDATE versions SET latest = (version = ?)", [version])
+        self.s.execute("UPDATE versions SET latest = (version = ?)", [version])
         self.s.events.record("UPDATE_VERSION", f"version={version} latest=True")
 
     def add_env(self, version: str, name: str, value: str) -> None:
@@ -116,12 +116,12 @@ class VersionRepository:
         if len(value) > 4096 or "\x00" in value:
             raise InvalidValueError("The environment value must be at most 4096 characters without NUL bytes.")
         if self.s.one("SELECT 1 FROM worker_env WHERE version = ? AND name = ?", [version, name]) is not None:
-            self.s.conn.execute(
+            self.s.execute(
                 "UPDATE worker_env SET value = ? WHERE version = ? AND name = ?", [value, version, name]
             )
         else:
             pos = self.s.one("SELECT coalesce(max(position), 0) + 1 FROM worker_env WHERE version = ?", [version])
-            self.s.conn.execute(
+            self.s.execute(
                 "INSERT INTO worker_env VALUES (?, ?, ?, ?)", [version, name, value, pos[0] if pos else 1]
             )
         self.s.events.record("ADD_WORKER_ENV", f"version={version} {name}={value}")
@@ -131,7 +131,7 @@ class VersionRepository:
         self.get(version)
         if self.s.one("SELECT 1 FROM worker_env WHERE version = ? AND name = ?", [version, name]) is None:
             raise NotFoundError(f"Version '{version}' has no worker environment variable '{name}'.")
-        self.s.conn.execute("DELETE FROM worker_env WHERE version = ? AND name = ?", [version, name])
+        self.s.execute("DELETE FROM worker_env WHERE version = ? AND name = ?", [version, name])
         self.s.events.record("REMOVE_WORKER_ENV", f"version={version} name={name}")
 
     def latest(self) -> str | None:

@@ -153,19 +153,51 @@ def rejects(smc: Smc) -> Callable[..., str]:
     return check
 
 
-def start_running_job(token: str, sda_id: int, host: str = "job-node") -> int:
-    """Give the token's SDA a RUNNING job with devices on ``host`` (registered with 8 devices if new)."""
+def start_running_job(token: str, sda_id: int, host: str = "job-node", store: Any = None) -> int:
+    """Give the token's SDA a RUNNING job with devices on ``host`` (registered with 8 devices if new).
+
+    ``store``: the state to change (default: the file; a running daemon's own store while it runs).
+    """
     from state.store import StateStore
 
-    with StateStore().transaction("test: start a running job") as s:
+    with (store or StateStore()).transaction("test: start a running job") as s:
         if s.backends.local_id(host) is None:
             s.backends.create(host, "10.9.9.9", 8)
         job = s.jobs.submit(
-            token, sda_id, host=host, launcher_pid=1, launcher_create_time=0.0, process_name="python train.py"
+            token, sda_id, backend_id=s.backends.local_id(host), launcher_pid=1, launcher_create_time=0.0, process_name="python train.py"
         )
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(job.id, 1, 0.0)
     return job.id
+
+
+def local_context(host: str | None = None) -> Any:
+    """The services' context this test process gets on the state file (MOREH_HOME), as a tool alone would."""
+    from dataclasses import replace
+
+    from moreh_tools.port import LocalPort
+    from state.paths import state_home
+
+    ctx = LocalPort(state_home(), None, "test").context()
+    return replace(ctx, host=host) if host is not None else ctx
+
+
+def ensure_local_backend(store: Any, provider: Any, host: str | None = None) -> int:
+    """Register this host (``host``, default MOREH_HOSTNAME) with ``provider``'s GPUs in ``store``'s state."""
+    from moreh_tools.services.hosts import register_with
+
+    ctx = local_context(host)
+    ctx.db = store
+    return register_with(ctx, provider)
+
+
+def sample_into_state(store: Any, provider: Any, host: str | None = None) -> None:
+    """Sample ``provider`` into ``store``'s state as this host's daemon would."""
+    from moreh_tools.services.hosts import sample_with
+
+    ctx = local_context(host)
+    ctx.db = store
+    sample_with(ctx, provider)
 
 
 def grid_lines(header: str, *rows: str) -> list[str]:
@@ -174,29 +206,43 @@ def grid_lines(header: str, *rows: str) -> list[str]:
     return ["+" + "-" * inner + "+", header, "+" + "=" * inner + "+", *rows, "+" + "-" * inner + "+"]
 
 
-# -- the REST API (issue 6): a real `sdamanager --api` on a loopback port ---------------------------------------------
+# -- the REST API (issue 6): sdamanager serving it, in this process or as a real process ----------------------
 
 API_LISTENING = re.compile(r"serving the API on (?P<url>http://\S+) ")
 
 
 @dataclass
 class ApiServer:
-    """A running ``sdamanager --api 127.0.0.1:0``: its base URL, state directory and an ADMIN token."""
+    """A running ``sdamanager --api 127.0.0.1:0``: its base URL, state directory and an ADMIN token.
+
+    ``store`` is the daemon's own open state when it runs in this process (tests change the state through
+    it, as the daemon's requests do); a daemon in its own process owns the file, so tests reach its state
+    through its socket only (``console``).
+    """
 
     url: str
     home: Path
     admin_token: str
-    process: Any
-    log_path: Path
+    process: Any = None
+    log_path: Path | None = None
+    store: Any = None
+    daemon: Any = None
+    thread: Any = None
+    lines: list[str] | None = None
+
+    def console(self, line: str) -> Any:
+        """Run one admin console line against the server's state (through its socket, as its owner); the JSON."""
+        from moreh_tools.port import LocalPort, ops
+
+        result = LocalPort(self.home, None, "test").call(ops.CONSOLE, line=line, json=True)
+        assert result.exit_code == 0, (line, result.stderr)
+        return json.loads(result.stdout) if result.stdout.strip() else None
 
     def make_token(self, description: str = "api-user", level: str = "USER", priority: int = 0) -> str:
-        """Create a token with ``level`` in the server's state (directly, as the admin console would)."""
-        from state.store import StateStore
-
-        with StateStore(self.home).transaction(f"test: create {level} token") as s:
-            value = s.tokens.create(description, priority)
-            if level != "USER":
-                s.tokens.update_access_level(value, level)
+        """Create a token with ``level`` in the server's state, as the admin console would."""
+        value = str(self.console(f"create token {description} {priority}")["token"])
+        if level != "USER":
+            self.console(f"update token access level {value} {level}")
         return value
 
     def client(self, token: str | None = None, **kwargs: Any) -> Any:
@@ -206,9 +252,31 @@ class ApiServer:
         headers = {"Authorization": f"Bearer {token or self.admin_token}"} if token != "" else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=20.0, **kwargs)
 
+    def op(self, name: str, token: str | None = None, **args: Any) -> tuple[int, Any]:
+        """Call one op of the tools' protocol over HTTP as ``token`` (default: the ADMIN token): (status, JSON)."""
+        import httpx
+
+        from moreh_tools.port.codec import encode
+        from moreh_tools.port.ops import OP_PATH, PROTOCOL
+
+        headers = {"X-Moreh-Protocol": str(PROTOCOL), "Authorization": f"Bearer {token or self.admin_token}"}
+        response = httpx.post(self.url + OP_PATH + name, json=encode(args), headers=headers, timeout=60.0)
+        return response.status_code, response.json()
+
     def log(self) -> str:
-        """What the server wrote on stderr so far."""
-        return self.log_path.read_text(errors="replace")
+        """What the server wrote so far."""
+        if self.log_path is not None:
+            return self.log_path.read_text(errors="replace")
+        return "\n".join(self.lines or [])
+
+
+def _admin_token(home: Path) -> str:
+    from state.store import StateStore
+
+    with StateStore(home).transaction("test: create the ADMIN token") as s:
+        admin = s.tokens.create("api-admin", 0)
+        s.tokens.update_access_level(admin, "ADMIN")
+    return admin
 
 
 def start_api_server(home: Path, log_path: Path, env: dict[str, str] | None = None) -> ApiServer:
@@ -217,11 +285,7 @@ def start_api_server(home: Path, log_path: Path, env: dict[str, str] | None = No
     import subprocess
     import time
 
-    from state.store import StateStore
-
-    with StateStore(home).transaction("test: create the ADMIN token") as s:
-        admin = s.tokens.create("api-admin", 0)
-        s.tokens.update_access_level(admin, "ADMIN")
+    admin = _admin_token(home)
     full_env = {**os.environ, "MOREH_HOME": str(home), "MOREH_FAKE_GPUS": "2", **(env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -235,7 +299,7 @@ def start_api_server(home: Path, log_path: Path, env: dict[str, str] | None = No
     while time.monotonic() < deadline:
         match = API_LISTENING.search(log_path.read_text(errors="replace"))
         if match:
-            return ApiServer(match["url"], home, admin, process, log_path)
+            return ApiServer(match["url"], home, admin, process=process, log_path=log_path)
         if process.poll() is not None:
             break
         time.sleep(0.05)
@@ -244,9 +308,17 @@ def start_api_server(home: Path, log_path: Path, env: dict[str, str] | None = No
 
 
 def stop_api_server(server: ApiServer) -> None:
-    """SIGTERM the server and assert it stops cleanly."""
+    """Stop the server (SIGTERM for a process) and assert it stops cleanly."""
     import subprocess
 
+    if server.daemon is not None:
+        server.daemon.stop()
+        server.thread.join(timeout=30)
+        assert not server.thread.is_alive(), server.log()
+        server.daemon.close()
+        server.daemon.provider.close()
+        assert "Traceback" not in server.log(), server.log()
+        return
     server.process.terminate()
     try:
         code = server.process.wait(timeout=20)
@@ -257,10 +329,61 @@ def stop_api_server(server: ApiServer) -> None:
     assert "Traceback" not in server.log(), server.log()
 
 
+def start_api_in_process(home: Path, env: dict[str, str] | None = None) -> ApiServer:
+    """sdamanager's daemon (state, socket, API on a loopback port, ticks every 0.5 s) in a thread of this process.
+
+    ``env`` is in force while the daemon opens (the rate limit, for one, is read then); its GPUs are 2
+    simulated ones. Tests change the daemon's state through ``server.store``, as its requests do.
+    """
+    import os
+    import threading
+
+    from moreh_tools.daemon.state_daemon import StateDaemon
+    from moreh_tools.gpus.simulated import SimulatedGpuProvider
+
+    admin = _admin_token(home)
+    lines: list[str] = []
+    saved = {name: os.environ.get(name) for name in ["MOREH_HOME", *(env or {})]}
+    os.environ.update({"MOREH_HOME": str(home), **(env or {})})
+    try:
+        daemon = StateDaemon(
+            home, SimulatedGpuProvider(2, 81920), interval=0.5, address=("127.0.0.1", 0), log=lines.append
+        )
+        daemon.open()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    host, port = daemon.sockets[0].getsockname()[:2]
+    thread = threading.Thread(target=daemon.serve, name="test-sdamanager", daemon=True)
+    thread.start()
+    server = ApiServer(f"http://{host}:{port}", home, admin, store=daemon.store, daemon=daemon, thread=thread, lines=lines)
+    _wait_until_serving(server)
+    return server
+
+
+def _wait_until_serving(server: ApiServer) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(server.url + "/api/check", timeout=2.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.02)
+    raise AssertionError(f"the in-process sdamanager did not start serving: {server.log()}")
+
+
 @pytest.fixture
-def api_server(moreh_home: Path, tmp_path: Path) -> Iterator[ApiServer]:
-    """A real API server on a loopback port serving this test's ``MOREH_HOME``."""
-    server = start_api_server(moreh_home, tmp_path / "sdamanager-api.log")
+def api_server(moreh_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    """sdamanager serving this test's ``MOREH_HOME`` and the API on a loopback port, in this process."""
+    monkeypatch.setenv("MOREH_FAKE_GPUS", "2")
+    server = start_api_in_process(moreh_home)
     yield server
     stop_api_server(server)
 

@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HOST = "crash-node"
 BATCH_ROWS = 20_000
@@ -105,7 +106,7 @@ class Worker:
             return self.create_token()
         token, sda = self.rng.choice(self.tokens)
         with self.store.transaction("crash: submit") as s:
-            job = s.jobs.submit(token, sda, host=HOST, launcher_pid=self.pid, launcher_create_time=self.started,
+            job = s.jobs.submit(token, sda, backend_id=s.backends.local_id(HOST), launcher_pid=self.pid, launcher_create_time=self.started,
                                 process_name=f"crash {self.name}")
             s.jobs.run_scheduling_pass()
         self.jobs.append(job.id)
@@ -151,10 +152,8 @@ class Worker:
 
     def daemon_tick(self) -> None:
         """The daemon's tick: jobs of killed launchers end as lost, then a scheduling pass."""
-        from moreh_tools.jobs import control
-
-        result = control.reconcile_and_schedule(self.store, HOST, reason="crash: daemon tick")
-        self.ack("tick " + ",".join(map(str, result.lost)))
+        _, lost = daemon_tick(self.store.home)
+        self.ack("tick " + ",".join(map(str, lost)))
 
     def big_batch(self) -> None:
         """A big write, so that a kill lands while DuckDB writes."""
@@ -162,9 +161,9 @@ class Worker:
         marker = f"{self.name}-{self.sequence}"
         with self.store.transaction("crash: batch") as s:
             self.say(f"W {marker}")
-            s.conn.execute(
+            s.execute(
                 "INSERT INTO events SELECT nextval('seq_event'), now(), 'CRASH_BATCH', '', 'crash: batch', "
-                "? || ' ' || i FROM range(?) t(i)",
+                "? || ' ' || i, '' FROM range(?) t(i)",
                 [marker, BATCH_ROWS],
             )
         self.ack(f"batch {marker} {BATCH_ROWS}")
@@ -198,6 +197,16 @@ class Worker:
             self.rng.choices(functions, weights)[0]()
 
 
+def daemon_tick(home: Path) -> tuple[Any, list[int]]:
+    """A daemon tick on this host's state: the jobs of dead launchers end as lost, then a scheduling pass."""
+    from dataclasses import replace
+
+    from moreh_tools.port import LocalPort
+    from moreh_tools.services import jobs
+
+    return jobs.schedule(replace(LocalPort(home, None, "crash").context(), host=HOST), "crash: daemon tick")
+
+
 def main(argv: list[str]) -> None:
     """``HOME ACK_DIR WORKER INCARNATION SEED``."""
     home, acks, worker, incarnation, seed = argv
@@ -207,3 +216,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+

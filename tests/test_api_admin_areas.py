@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ApiServer, start_api_server, stop_api_server
+from conftest import ApiServer, start_api_in_process, start_api_server, stop_api_server
 
 _names = itertools.count(1)
 
@@ -31,7 +31,7 @@ def unique(prefix: str) -> str:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """One API server for the module, with a fake ipmitool the power tests can point at."""
     base = tmp_path_factory.mktemp("api-admin")
-    srv = start_api_server(base / "home", base / "server.log")
+    srv = start_api_in_process(base / "home")
     yield srv
     stop_api_server(srv)
 
@@ -124,13 +124,12 @@ def test_user_store_list_signin_qna_and_reset(server: ApiServer, admin: httpx.Cl
 
 
 def test_user_passwords_are_stored_only_as_salted_slow_hashes(server: ApiServer, admin: httpx.Client) -> None:
-    from state.store import StateStore
 
     first, second = unique("a"), unique("b")
     for uid in (first, second):
         params = {"id": uid, "name": "N", "salt": "x", "password": "same-secret", "question": "q", "answer": "same-ans"}
         ok(admin.post("/api/user", params=params))
-    with StateStore(server.home).reading() as s:
+    with server.store.reading() as s:
         rows = s.all("SELECT password_hash, answer_hash FROM users WHERE id IN (?, ?)", [first, second])
         dump = repr(s.all("SELECT * FROM users")) + repr(s.all("SELECT * FROM events"))
     assert "same-secret" not in dump
@@ -216,12 +215,11 @@ def test_signal_bad_input(admin: httpx.Client) -> None:
 
 
 def test_signal_user_sees_only_devices_its_sdas_hold(server: ApiServer, admin: httpx.Client) -> None:
-    from state.store import StateStore
 
     token = server.make_token(unique("holder"))
     with server.client(token) as client:
         assert ok(client.get("/api/signal")) == []  # no SDA: no devices of its own
-        with StateStore(server.home).transaction("test: reserved SDA") as s:
+        with server.store.transaction("test: reserved SDA") as s:
             s.sdas.create(token, "", 1, reserved=True)  # 1 device
         held = ok(client.get("/api/signal"))
     assert len({s["metric"]["device_index"] for s in held}) == 1

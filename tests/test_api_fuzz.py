@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ApiServer, start_api_server, stop_api_server
+from conftest import ApiServer, start_api_in_process, stop_api_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,18 +46,17 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A server with an ADMIN, a DEVELOPER, a USER and a victim USER token, some SDAs, groups and a backend."""
-    from state.store import StateStore
 
     base = tmp_path_factory.mktemp("api-fuzz")
     # No rate limit here (test_api_core tests it): a long fuzz run sends more than a token's budget.
-    server = start_api_server(base / "home", base / "server.log", {"MOREH_API_RATE": "0"})
+    server = start_api_in_process(base / "home", {"MOREH_API_RATE": "0"})
     tokens = {
         "ADMIN": server.admin_token,
         "DEVELOPER": server.make_token("fuzz-dev", "DEVELOPER"),
         "USER": server.make_token("fuzz-user"),
         "VICTIM": server.make_token("fuzz-victim"),
     }
-    with StateStore(server.home).transaction("test: fuzz fixtures") as s:
+    with server.store.transaction("test: fuzz fixtures") as s:
         # The ADMIN token holds an SDA, so a fuzzed DELETE of it is refused and the fuzz keeps its admin.
         s.sdas.create(tokens["ADMIN"], "admin-sda", 1)
         s.sdas.create(tokens["USER"], "user-sda", 1, reserved=True)
@@ -180,5 +179,5 @@ def test_fuzzed_requests_never_break_the_server(world: World) -> None:
     # Still up and still answering its ADMIN.
     check = world.client.get("/api/check", headers={"Authorization": f"Bearer {world.tokens['ADMIN']}"})
     assert check.status_code == 200, check.text
-    assert world.server.process.poll() is None
+    assert world.server.thread.is_alive()
     assert "Traceback" not in world.server.log(), world.server.log()

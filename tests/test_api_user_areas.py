@@ -13,8 +13,6 @@ import httpx
 import pytest
 from conftest import ApiServer, start_running_job
 
-from state.store import StateStore
-
 SMALL, XLARGE = 1, 4  # seeded SDA models: 1 and 8 devices
 
 
@@ -78,9 +76,9 @@ def _sda(client: httpx.Client, token: str, model: int = SMALL, desc: str = "sda"
 
 
 def _queue_job(server: ApiServer, token: str, sda_id: int, host: str = "job-node") -> int:
-    with StateStore(server.home).transaction("test: queue a job") as s:
+    with server.store.transaction("test: queue a job") as s:
         return s.jobs.submit(
-            token, sda_id, host=host, launcher_pid=1, launcher_create_time=0.0, process_name="python wait.py"
+            token, sda_id, backend_id=s.backends.local_id(host), launcher_pid=1, launcher_create_time=0.0, process_name="python wait.py"
         ).id
 
 
@@ -139,8 +137,8 @@ def test_sda_utilizations_show_the_running_job_its_devices_and_processes(
 ) -> None:
     user = api_server.make_token("busy-user")
     sda_id = _sda(api_client, user, XLARGE)
-    job_id = start_running_job(user, sda_id)
-    with StateStore(api_server.home).transaction("test: sample the job's processes") as s:
+    job_id = start_running_job(user, sda_id, store=api_server.store)
+    with api_server.store.transaction("test: sample the job's processes") as s:
         backend = s.backends.local_id("job-node")
         s.jobs.record_processes(job_id, [(4242, "python train.py", 1500, backend, 0)])
 
@@ -266,7 +264,7 @@ def test_token_groups_grouping_and_memberships(api_server: ApiServer, api_client
     assert [t["value"] for t in listed["tokenlist"]] == [alice, bob]
     ok(api_client.put("/api/sdamanager/token/group", params={"id": group["id"], "label": "team-a"}))
 
-    with StateStore(api_server.home).transaction("test: an SDA model group") as s:
+    with api_server.store.transaction("test: an SDA model group") as s:
         model_group = s.model_groups.create("small-only", 0, [SMALL])
     added = ok(api_client.post("/api/membership", params={"parentId": group["id"], "childId": model_group}))
     assert added["result"]["name"] == "team-a"
@@ -328,7 +326,7 @@ def cluster(api_server: ApiServer, api_client: httpx.Client) -> dict[str, Any]:
     alice = api_server.make_token("alice", priority=5)
     bob = api_server.make_token("bob")
     alice_sda, bob_sda = _sda(api_client, alice), _sda(api_client, bob, XLARGE)
-    running = start_running_job(bob, bob_sda)
+    running = start_running_job(bob, bob_sda, store=api_server.store)
     return {
         "alice": alice,
         "bob": bob,
@@ -395,7 +393,7 @@ def test_queue_priority_and_release(api_server: ApiServer, api_client: httpx.Cli
 
 def test_history_usage_and_event_log(api_server: ApiServer, api_client: httpx.Client, cluster: dict[str, Any]) -> None:
     alice, bob = cluster["alice"], cluster["bob"]
-    with StateStore(api_server.home).transaction("test: jobs end") as s:
+    with api_server.store.transaction("test: jobs end") as s:
         s.jobs.finish(cluster["running"], 0, "finished")
         s.jobs.request_release(cluster["alice_waits"])
     history = ok(api_client.get("/api/scheduler/history"))
@@ -472,23 +470,29 @@ def test_a_user_cannot_submit_a_remote_job_above_its_token_priority(
     # PUT /api/scheduler/queue caps a USER at its token's priority; submitting must keep the same ceiling.
     user = api_server.make_token("climber", priority=5)
     sda = ok(api_client.post("/api/sdamanager/sda", params={"model": SMALL, "token": user}))["result"]["id"]
-    job = {"host": "climb-node", "ip": "10.0.0.5", "sda": sda, "process": "train", "devices": '[["GPU-c", "G", 1000]]'}
+    gpus = [{"uuid": "GPU-c", "name": "G", "memory_total_mib": 1000}]
+    api_server.op("host_register", host="climb-node", ip="10.0.0.5", machine_id="climb-node", gpus=gpus)
+    job = {"host": "climb-node", "ip": "10.0.0.5", "machine_id": "climb-node", "sda": sda, "process": "train",
+           "launcher_pid": 4242, "launcher_create_time": 1.0}
+    status, answer = api_server.op("job_submit", user, **job, priority=99)
+    assert (status, answer["error"]["type"]) == (403, "PermissionDeniedError"), answer
+    assert "up to its token priority (5)" in answer["error"]["message"]
     with api_server.client(user) as client:
-        details = refused(client.post("/api/remote/job", params={**job, "priority": 99}), 403)
-        assert "up to its token priority (5)" in details
         assert ok(client.get("/api/scheduler/queue")) == []
-        submitted = ok(client.post("/api/remote/job", params={**job, "priority": 5}))
-        assert submitted["job"]["priority"] == 5
+    status, answer = api_server.op("job_submit", user, **job, priority=5)
+    assert status == 200, answer
+    assert answer["result"]["job"]["priority"] == 5
     admin = api_server.admin_token
     sda = ok(api_client.post("/api/sdamanager/sda", params={"model": SMALL, "token": admin}))["result"]["id"]
-    assert ok(api_client.post("/api/remote/job", params={**job, "sda": sda, "priority": 99}))["job"]["priority"] == 99
+    status, answer = api_server.op("job_submit", **{**job, "sda": sda, "launcher_pid": 4243}, priority=99)
+    assert (status, answer["result"]["job"]["priority"]) == (200, 99), answer
 
 
 def test_the_event_log_hides_other_tokens_env_values(api_server: ApiServer, api_client: httpx.Client) -> None:
     # A token's env is shown only to an ADMIN and its owner; the ADD_TOKEN_ENV event used to show it to DEVELOPERs.
     victim = api_server.make_token("env-owner")
     developer = api_server.make_token("env-reader", level="DEVELOPER")
-    with StateStore(api_server.home).transaction("test: add env") as s:
+    with api_server.store.transaction("test: add env") as s:
         s.tokens.add_env(victim, "SECRET_KEY", "hunter2")
     with api_server.client(developer) as client:
         events = [e for e in ok(client.get("/api/log/sdamanager/event")) if e["action"] == "ADD_TOKEN_ENV"]

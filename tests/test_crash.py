@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import BIN
+from crash_worker import daemon_tick
 from invariants import violations
 
 OPS = int(os.environ.get("MOREH_CRASH_OPS", "300"))
@@ -274,7 +275,6 @@ def half_applied(session: object) -> list[str]:
 
 
 def test_kill_minus_nine_anywhere_loses_nothing_acknowledged(moreh_home: Path, tmp_path: Path) -> None:
-    from moreh_tools.jobs import control
     from state.store import StateStore
 
     store = StateStore(moreh_home)
@@ -312,7 +312,7 @@ def test_kill_minus_nine_anywhere_loses_nothing_acknowledged(moreh_home: Path, t
     assert shown.returncode == 0, shown.stderr
 
     # Every launcher is dead: one daemon tick ends their jobs as lost and every device comes back.
-    control.reconcile_and_schedule(store, HOST, reason="crash test: final tick")
+    daemon_tick(moreh_home)
     with store.reading() as s:
         broken = violations(s) + device_statuses_missing(s, entries)
         left = s.all("SELECT id, status FROM jobs")
@@ -340,6 +340,6 @@ def test_acknowledgement_checker_sees_a_lost_change(moreh_home: Path) -> None:
         assert not half_applied(s)
     assert len(missing) == 4, missing
     with store.transaction("checker test") as s:
-        s.conn.execute("DELETE FROM token_env")
+        s.execute("DELETE FROM token_env")
     with store.reading() as s:
         assert half_applied(s), "a token without its env value must count as half made"

@@ -91,29 +91,45 @@ def test_a_tick_registers_the_host_and_samples_its_gpus(smc: Smc) -> None:
     assert all(total == 81920 and sampled is not None for total, sampled in rows), rows
 
 
-def test_daemon_ends_an_orphaned_job_as_lost_and_wakes_the_next_one(
-    smc: Smc, user: Callable[..., str], tmp_path: Path
-) -> None:
+def test_daemon_ends_an_orphaned_job_as_lost(smc: Smc, user: Callable[..., str], tmp_path: Path) -> None:
     child, grandchild = orphan_job(user(model=4), tmp_path / "pids")
     [lost] = queue(smc)
     assert lost["status"] == "RUNNING"
-    waiting = start(PY, "-c", "pass", token=user(model=4))
-    wait_for_stderr(waiting, "[info] Job")
 
-    daemon, _ = start_daemon("--interval", "0.2")
-    assert waiting.wait(timeout=10) == 0  # woken by the daemon's pass, long before its own 20-40 s timeout
+    daemon, said = start_daemon("--interval", "0.2")
     wait_until(lambda: gone(child) and gone(grandchild), timeout=10, what="the orphan's processes to end")
+    wait_until(lambda: not queue(smc), timeout=10, what="the orphan to leave the queue")
     entry = history(smc, lost["id"])
     assert (entry["end_reason"], entry["exit_code"]) == ("lost", None)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=10) == 0
     assert daemon.stderr is not None
-    assert f"job {lost['id']} ended as lost" in daemon.stderr.read().decode()
+    assert f"job {lost['id']} ended as lost" in said + daemon.stderr.read().decode()
+
+
+def test_without_a_daemon_the_next_job_ends_an_orphan_before_it_is_scheduled(
+    smc: Smc, user: Callable[..., str], tmp_path: Path
+) -> None:
+    # Launcher and guardian killed together (a session or cgroup kill) with no daemon running: the devices must
+    # not stay held until someone's wait times out; the next launcher on this host ends the orphan first.
+    child, grandchild = orphan_job(user(model=4), tmp_path / "pids")
+    [lost] = queue(smc)
+    began = time.monotonic()
+    done = subprocess.run([str(BIN / "moreh-run"), "--", PY, "-c", "pass"], env={**os.environ,
+                          "MOREH_SDA_TOKEN": user(model=4)}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "waits in the queue" not in done.stderr  # it got the devices at once
+    assert time.monotonic() - began < 10
+    assert gone(child)
+    assert gone(grandchild)
+    entry = history(smc, lost["id"])
+    assert (entry["end_reason"], entry["exit_code"]) == ("lost", None)
 
 
 def test_a_reused_launcher_pid_does_not_keep_a_job_alive(smc: Smc, user: Callable[..., str]) -> None:
+    from conftest import ensure_local_backend
+
     from moreh_tools.gpus import get_provider
-    from moreh_tools.gpus.local import ensure_local_backend
     from moreh_tools.jobs.processes import create_time
     from state.store import StateStore
 
@@ -124,13 +140,13 @@ def test_a_reused_launcher_pid_does_not_keep_a_job_alive(smc: Smc, user: Callabl
     a, b = user(model=4), user(model=4)
     with store.transaction("test: two queued jobs") as s:
         live = s.jobs.submit(
-            a, s.sdas.of_token(a)[0].id, host=HOST, launcher_pid=me, launcher_create_time=my_start, process_name="live"
+            a, s.sdas.of_token(a)[0].id, backend_id=s.backends.local_id(HOST), launcher_pid=me, launcher_create_time=my_start, process_name="live"
         )
         # Same pid, but the process that queued this job started long before: the pid was reused.
         reused = s.jobs.submit(
             b,
             s.sdas.of_token(b)[0].id,
-            host=HOST,
+            backend_id=s.backends.local_id(HOST),
             launcher_pid=me,
             launcher_create_time=my_start - 1000,
             process_name="reused",

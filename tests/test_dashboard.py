@@ -10,7 +10,6 @@ Run with ``MOREH_UPDATE_SNAPSHOTS=1`` to rewrite the snapshot files, then review
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import io
 import os
 import subprocess
@@ -27,25 +26,28 @@ import pytest
 from rich.console import Console
 
 from moreh_tools.dashboard import cli
-from moreh_tools.dashboard.data import (
+from moreh_tools.dashboard.data import PortSource
+from moreh_tools.port import LocalPort, ops
+from moreh_tools.services.records import (
+    SIMULATED_GPU_NAME,
     Access,
     AdminData,
+    DeviceStatus,
+    GpuStatus,
     GridBackend,
     GridDevice,
     HistoryRow,
     JobRow,
-    ModelChoices,
+    ModelOption,
+    SmiStatus,
     Snapshot,
-    StateSource,
+    SwitchChoices,
     UsageRow,
     UserData,
     View,
-    resolve_access,
+    WaitingJob,
 )
-from moreh_tools.smi.common import UserError
-from moreh_tools.smi.devices import ModelOption
-from moreh_tools.smi.status import SIMULATED_GPU_NAME, DeviceStatus, GpuStatus, SmiStatus, WaitingJob
-from state.errors import StateBusyError
+from state.errors import NotFoundError, PermissionDeniedError, StateBusyError
 from state.records import Event
 from state.store import StateStore
 
@@ -146,7 +148,7 @@ class Cluster:
 def _submit(s: Any, token: str, sda: int, process: str, priority: int | None = None) -> int:
     return int(
         s.jobs.submit(
-            token, sda, host=JOB_HOST, launcher_pid=0, launcher_create_time=0.0, process_name=process, priority=priority
+            token, sda, backend_id=s.backends.local_id(JOB_HOST), launcher_pid=0, launcher_create_time=0.0, process_name=process, priority=priority
         ).id
     )
 
@@ -183,8 +185,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     return Cluster(store, alice, bob, root, alice_big, alice_small, bob_sda, running, bob_queued, alice_queued, done)
 
 
-def source_for(cluster: Cluster, token: str | None) -> StateSource:
-    return StateSource(cluster.store, resolve_access(cluster.store, token))
+def source_for(cluster: Cluster, token: str | None) -> PortSource:
+    port = LocalPort(cluster.store.home, token, "test")
+    return PortSource(port, port.call(ops.DASHBOARD_ACCESS))
 
 
 def job_status(store: StateStore, job_id: int) -> tuple[str, int] | tuple[str, str]:
@@ -541,9 +544,9 @@ def test_read_only_hides_every_action(cluster: Cluster) -> None:
 def test_a_user_cannot_release_someone_elses_job(cluster: Cluster) -> None:
     """The user source refuses a job of another token with one line (the UI never offers it anyway)."""
     source = source_for(cluster, cluster.alice)
-    with pytest.raises(UserError, match="not one of your jobs"):
+    with pytest.raises(NotFoundError, match=f"Job {cluster.bob_queued} not found"):
         source.release(cluster.bob_queued)
-    with pytest.raises(UserError, match="Only an admin"):
+    with pytest.raises(PermissionDeniedError, match="up to its token priority"):
         source.set_priority(cluster.alice_queued, 9)
     assert job_status(cluster.store, cluster.bob_queued) == ("QUEUED", 5)
 
@@ -571,23 +574,29 @@ def test_help_on_question_mark_and_q_quits(cluster: Cluster) -> None:
 
 
 def test_says_when_a_daemon_runs(cluster: Cluster, moreh_home: Path) -> None:
-    """The status line follows the sdamanager pid-file lock: 'daemon running' while it is held."""
-    from moreh_tools.jobs.control import DAEMON_PID_FILE
+    """A daemon that starts while the dashboard is up takes the state over; the dashboard follows it there."""
 
     async def scenario() -> None:
         app = make_app(source_for(cluster, cluster.alice))
         async with app.run_test(notifications=True, size=(100, 24)) as pilot:
             await settle(app, pilot)
             assert "no sdamanager daemon" in screen_text(app)
-            fd = os.open(moreh_home / DAEMON_PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            daemon = subprocess.Popen(
+                [str(BIN / "sdamanager"), "--interval", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                deadline = time.monotonic() + 30
+                while not (moreh_home / "sdamanager.sock").exists():
+                    assert daemon.poll() is None, "sdamanager did not start"
+                    assert time.monotonic() < deadline, "sdamanager did not start in time"
+                    await asyncio.sleep(0.05)
                 await pilot.press("r")
                 await settle(app, pilot)
                 assert "daemon running" in screen_text(app)
                 assert "no sdamanager daemon" not in screen_text(app)
             finally:
-                os.close(fd)
+                daemon.terminate()
+                daemon.wait(timeout=20)
 
     run(scenario())
 
@@ -967,7 +976,7 @@ class FixedSource:
     def set_priority(self, job_id: int, priority: int) -> str:
         raise AssertionError("snapshot tests take no action")
 
-    def model_choices(self) -> ModelChoices:
+    def model_choices(self) -> SwitchChoices:
         raise AssertionError("snapshot tests take no action")
 
     def switch_model(self, option: ModelOption) -> str:

@@ -165,8 +165,9 @@ def _created_token(description: str, priority: int = 0) -> str:
 
 def _build_seed(home: Path) -> Seed:
     """Tokens, SDAs, groups, backends, a version, and a queued, a running and an ended job."""
+    from conftest import ensure_local_backend
+
     from moreh_tools.gpus import get_provider
-    from moreh_tools.gpus.local import ensure_local_backend
     from state.store import StateStore
 
     user = _created_token("fuzz_user@example.com", 5)
@@ -202,13 +203,13 @@ def _build_seed(home: Path) -> Seed:
     # A running job (its launcher long dead: nothing real is ever signalled), a queued one, an ended one.
     start_running_job(user, 1)
     with store.transaction("fuzz seed") as s:
-        s.conn.execute("UPDATE jobs SET launcher_pid = ?, pid = ?", [DEAD_PID, DEAD_PID])
-        ended = s.jobs.submit(spare, 3, host="job-node", launcher_pid=DEAD_PID, launcher_create_time=0.0,
+        s.execute("UPDATE jobs SET launcher_pid = ?, pid = ?", [DEAD_PID, DEAD_PID])
+        ended = s.jobs.submit(spare, 3, backend_id=s.backends.local_id("job-node"), launcher_pid=DEAD_PID, launcher_create_time=0.0,
                               process_name="python old.py")
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(ended.id, DEAD_PID, 0.0)
         s.jobs.finish(ended.id, 0, "finished")
-        s.jobs.submit(user, 2, host="job-node", launcher_pid=DEAD_PID, launcher_create_time=0.0,
+        s.jobs.submit(user, 2, backend_id=s.backends.local_id("job-node"), launcher_pid=DEAD_PID, launcher_create_time=0.0,
                       process_name="python queued.py", priority=7)
     with store.reading() as s:
         broken = violations(s)
@@ -869,7 +870,7 @@ def test_user_tools_escape_control_characters_in_their_one_line(
     monkeypatch.setenv("MOREH_SDA_TOKEN", "nobody")
     assert moreh_smi(["device", "x\ny"]) == 2
     assert "x\\ny" in one_error_line(capsys.readouterr().err, "moreh-smi", "moreh-smi: ")
-    assert moreh_run(["--", "no\nsuch-command"]) == 1
+    assert moreh_run(["--", "no\nsuch-command"]) == 127
     assert "no\\nsuch-command" in one_error_line(capsys.readouterr().err, "moreh-run", "moreh-run: ")
 
 

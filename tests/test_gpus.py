@@ -14,11 +14,10 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import Smc, ok
+from conftest import Smc, ensure_local_backend, ok, sample_into_state
 
 from moreh_tools.gpus import GpuProcess as gpu_process
 from moreh_tools.gpus import GpuProvider, GpuSnapshot, GpuUnavailableError, get_provider, parse_fake_gpus
-from moreh_tools.gpus.local import ensure_local_backend, sample_into_state
 from moreh_tools.gpus.simulated import SIMULATED_GPU_NAME, SimProcess, SimulatedGpuProvider
 from state.store import StateStore
 
@@ -219,15 +218,17 @@ RACER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from moreh_tools.gpus import get_provider
-    from moreh_tools.gpus.local import ensure_local_backend
-    from state.store import StateStore
+    from moreh_tools.port import LocalPort
+    from moreh_tools.services.hosts import register_with
+    from state.paths import state_home
 
     provider = get_provider()
+    context = LocalPort(state_home(), None, "racer").context()
     print("ready", flush=True)
     go = Path(sys.argv[1])
     while not go.exists():
         time.sleep(0.002)
-    print(ensure_local_backend(StateStore(), provider), flush=True)
+    print(register_with(context, provider), flush=True)
     """
 )
 
@@ -270,7 +271,7 @@ def test_sample_into_state_records_devices_and_job_processes(
         token = s.tokens.create("user@example.com")
         sda = s.sdas.create(token, "", 2)  # Medium: 2 devices
         job = s.jobs.submit(
-            token, sda, host="gpuhost", launcher_pid=os.getpid(), launcher_create_time=0.0, process_name="sleep"
+            token, sda, backend_id=s.backends.local_id("gpuhost"), launcher_pid=os.getpid(), launcher_create_time=0.0, process_name="sleep"
         )
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(job.id, os.getpid(), 0.0)

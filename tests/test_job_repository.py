@@ -25,15 +25,15 @@ class Setup:
     backend: int
 
 
-def gpus(count: int) -> list[tuple[str, str, int]]:
-    return [(f"GPU-{i:04d}", "Simulated GPU", 81920) for i in range(count)]
+def gpus(count: int, host: str = HOST) -> list[tuple[str, str, int]]:
+    return [(f"GPU-{host}-{i:04d}", "Simulated GPU", 81920) for i in range(count)]
 
 
 def submit(s: Session, token: str, sda: int, host: str = HOST, priority: int | None = None) -> Job:
     return s.jobs.submit(
         token,
         sda,
-        host=host,
+        backend_id=s.backends.local_id(host) or 999,
         launcher_pid=os.getpid(),
         launcher_create_time=0.0,
         process_name="python",
@@ -115,7 +115,7 @@ def test_submit_refuses_a_host_that_is_not_a_backend(setup: Setup) -> None:
     refused(
         setup.store,
         NotFoundError,
-        "'elsewhere' is not a registered backend",
+        "Backend 999 is not registered",
         token=setup.token,
         sda=setup.sda,
         host="elsewhere",
@@ -136,7 +136,7 @@ def test_submit_refuses_a_model_bigger_than_the_hosts_usable_devices(setup: Setu
 def test_submit_does_not_count_devices_reserved_by_another_sda(setup: Setup) -> None:
     with setup.store.transaction("admin") as s:
         _other, other_sda = new_sda(s, 3)
-        s.conn.execute(
+        s.execute(
             "INSERT INTO sda_reservations VALUES (?, ?, 0), (?, ?, 1), (?, ?, 2)",
             [other_sda, setup.backend] * 3,
         )
@@ -202,21 +202,34 @@ def test_a_duplicable_token_runs_several_jobs_of_one_sda(setup: Setup) -> None:
 
 def test_a_job_only_gets_devices_of_the_host_it_was_launched_on(setup: Setup) -> None:
     with setup.store.transaction("setup") as s:
-        small = s.backends.register_local("node2", "10.0.0.2", gpus(2))  # the best fit for 2 devices
+        small = s.backends.register_local("node2", "10.0.0.2", gpus(2, "node2"))  # the best fit for 2 devices
         job = submit(s, setup.token, setup.sda)
         s.jobs.run_scheduling_pass()
         assert {d.backend_id for d in s.jobs.get(job.id).devices} == {setup.backend}
     assert device_statuses(setup.store, small) == ["IDLE", "IDLE"]
 
 
-def test_a_job_whose_host_left_the_backends_waits_with_a_reason(setup: Setup) -> None:
+def test_a_job_keeps_its_host_when_an_admin_renames_the_backend(setup: Setup) -> None:
     with setup.store.transaction("moreh-run") as s:
         job = submit(s, setup.token, setup.sda)
+        s.backends.update_device(setup.backend, None, "SHUTDOWN")
     with setup.store.transaction("admin") as s:
         s.backends.update_host(setup.backend, "renamed")
+        s.backends.update_device(setup.backend, None, "IDLE")
+        decision = s.jobs.run_scheduling_pass()
+    assert [a.job_id for a in decision.allocations] == [job.id]
+    assert {b for a in decision.allocations for b, _ in a.devices} == {setup.backend}
+
+
+def test_a_job_whose_backend_was_deleted_waits_with_a_reason(setup: Setup) -> None:
+    with setup.store.transaction("moreh-run") as s:
+        job = submit(s, setup.token, setup.sda)
+        s.backends.update_device(setup.backend, None, "SHUTDOWN")
+    with setup.store.transaction("admin") as s:
+        s.backends.delete(setup.backend)
         decision = s.jobs.run_scheduling_pass()
     assert decision.allocations == ()
-    assert "not a registered backend" in decision.waiting[job.id]
+    assert "none of them an ACTIVE backend" in decision.waiting[job.id]
 
 
 def test_a_higher_priority_job_overtakes_in_the_queue(setup: Setup) -> None:
@@ -358,7 +371,7 @@ def test_usage_counts_device_seconds_clipped_to_the_window(setup: Setup) -> None
         start = s.one("SELECT (now() - INTERVAL 1000 SECOND)::TIMESTAMP")
         assert start is not None
         began: datetime = start[0]
-        s.conn.execute("UPDATE jobs SET start_time = ? WHERE id = ?", [began, job.id])
+        s.execute("UPDATE jobs SET start_time = ? WHERE id = ?", [began, job.id])
     with setup.store.transaction("moreh-run") as s:
         s.jobs.finish(job.id, 0, "finished")
         usage = s.jobs.usage(began + timedelta(seconds=100), began + timedelta(seconds=400))
@@ -379,7 +392,7 @@ def test_usage_counts_running_jobs_up_to_now_and_filters_by_token(setup: Setup) 
         row = s.one("SELECT (now() - INTERVAL 100 SECOND)::TIMESTAMP")
         assert row is not None
         began: datetime = row[0]
-        s.conn.execute("UPDATE jobs SET start_time = ? WHERE id = ?", [began, job.id])
+        s.execute("UPDATE jobs SET start_time = ? WHERE id = ?", [began, job.id])
     with setup.store.reading() as s:
         usage = s.jobs.usage(began + timedelta(seconds=50), began + timedelta(days=1))
         assert [u.token for u in usage] == [setup.token]
@@ -433,5 +446,5 @@ def test_a_reserved_sda_job_must_run_on_the_host_holding_its_devices(setup: Setu
     with setup.store.transaction("admin") as s:
         token = s.tokens.create("vip@example.com")
         resv = s.sdas.create(token, "", s.models.create("one", 1), reserved=True)
-        s.backends.register_local("node2", "10.0.0.2", gpus(2))
+        s.backends.register_local("node2", "10.0.0.2", gpus(2, "node2"))
     refused(setup.store, ConflictError, f"reserves devices on host '{HOST}'", token=token, sda=resv, host="node2")

@@ -172,8 +172,9 @@ def sda_of(token: str) -> int:
 @pytest.fixture
 def registered() -> None:
     """This host registered as a backend already (so a refused job leaves the state exactly as it was)."""
+    from conftest import ensure_local_backend
+
     from moreh_tools.gpus import get_provider
-    from moreh_tools.gpus.local import ensure_local_backend
     from state.store import StateStore
 
     ensure_local_backend(StateStore(), get_provider())
@@ -365,7 +366,7 @@ def test_a_queued_job_that_is_released_or_whose_launcher_dies_leaves_the_queue(
     assert (
         released.stderr.read()
         .decode()
-        .endswith(f"moreh-run: job {first['id']} left the queue before it got devices: it was released.\n")
+        .endswith(f"moreh-run: job {first['id']} left the queue before it got devices: released by an admin.\n")
     )
     killed.kill()
     killed.wait()
@@ -398,7 +399,9 @@ def test_help_loads_nothing_heavy(entry: str) -> None:
         (["--priority", "100", "true"], {}, 2, "priority 100 is out of range"),
         (["--priority", "high", "true"], {}, 2, "invalid int value"),
         (["--bogus", "true"], {}, 2, "unrecognized arguments: --bogus"),
-        (["no-such-command-h5"], {}, 1, "command not found: no-such-command-h5"),
+        (["no-such-command-h5"], {}, 127, "command not found: no-such-command-h5"),
+        (["/etc/passwd"], {}, 126, "cannot run /etc/passwd: permission denied (not executable)"),
+        (["/tmp"], {}, 126, "cannot run /tmp: it is a directory"),
         (["--token", "nope", "true"], {}, 1, "moreh::InvalidToken"),
         (["true"], {"MOREH_SDA_TOKEN": ""}, 1, "SDA token is not given."),
         (["--sda", "999", "true"], {}, 1, "SDA 999 does not exist"),
@@ -455,6 +458,8 @@ def test_a_job_released_before_its_command_started_never_keeps_its_devices(
         token=user(model=1),
     )
     wait_for_stderr(victim, "[info] Job")
+    # Stopped while it sleeps on its FIFO, not while it reads the state (it would hold the lock for everyone).
+    wait_until(lambda: sleeping_in_select(victim.pid), what="the waiting launcher to sleep")
     victim.send_signal(signal.SIGSTOP)
     stop.touch()
     assert blocker.wait(timeout=10) == 0
@@ -557,7 +562,9 @@ def test_release_acts_on_the_jobs_as_they_are_when_it_releases_them(
 ) -> None:
     # 'release all' reads the queue, then releases; jobs move in between. Replayed here in that order:
     # the first job ends and the queued one starts running after the read.
-    from moreh_tools.jobs.control import release_jobs
+    from conftest import local_context
+
+    from moreh_tools.services import jobs
     from state.store import StateStore
 
     first, stop_first = start_blocker(user(model=4), tmp_path)
@@ -571,7 +578,8 @@ def test_release_acts_on_the_jobs_as_they_are_when_it_releases_them(
     assert first.wait(timeout=10) == 0
     wait_until(lambda: [j["status"] for j in queue(smc)] == ["RUNNING"], what="the second job to run")
 
-    assert release_jobs(store, read_before, HOST) == [read_before[1].id]
+    released = jobs.release(local_context(), job_ids=[j.id for j in read_before], detail="released by an admin")
+    assert released == [read_before[1].id]
 
     assert second.wait(timeout=10) == 128 + signal.SIGTERM
     assert history(smc, read_before[1].id)["end_reason"] == "released"
@@ -621,6 +629,15 @@ def test_a_foreground_job_with_stdin_redirected_can_read_the_terminal(user: Call
     assert (tmp_path / "out").read_text() == "hello\n"
 
 
+def sleeping_in_select(pid: int) -> bool:
+    """Whether the process's main thread sleeps in select/poll (the kernel's wait channel says so)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read().startswith(("poll_schedule_timeout", "do_select", "do_sys_poll"))
+    except OSError:
+        return False
+
+
 def test_a_job_whose_release_was_cut_short_before_its_command_started_still_ends(
     smc: Smc, user: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -636,6 +653,8 @@ def test_a_job_whose_release_was_cut_short_before_its_command_started_still_ends
         token=user(model=1),
     )
     wait_for_stderr(victim, "[info] Job")
+    # Stopped while it sleeps on its FIFO, not while it reads the state (it would hold the lock for everyone).
+    wait_until(lambda: sleeping_in_select(victim.pid), what="the waiting launcher to sleep")
     victim.send_signal(signal.SIGSTOP)
     stop.touch()
     assert blocker.wait(timeout=10) == 0

@@ -59,9 +59,13 @@ def rule(header: str, line: str = "-") -> str:
     return "+" + line * (len(header) - 2) + "+"
 
 
+#: The state ``admin`` changes: the file, unless a test's daemon runs in this process and owns it.
+OWNED: list[Any] = []
+
+
 def admin(change: Callable[[Session], Any]) -> Any:
     """Apply an admin-side change to the state in one transaction and return what it returns."""
-    with StateStore().transaction("test setup") as s:
+    with (OWNED[-1] if OWNED else StateStore()).transaction("test setup") as s:
         return change(s)
 
 
@@ -142,7 +146,7 @@ def run_job(user: User, device: int | None = None, *, used: int = 886, util: int
         job = s.jobs.submit(
             user.token,
             device or user.device,
-            host="back01",
+            backend_id=s.backends.local_id("back01"),
             launcher_pid=pid - 1,
             launcher_create_time=0.0,
             process_name="python train.py",
@@ -181,7 +185,7 @@ def queue_job(user: User, device: int) -> int:
     def submit(s: Session) -> int:
         # No scheduling pass runs here (as when no daemon runs): the job stays QUEUED.
         job = s.jobs.submit(
-            user.token, device, host="back01", launcher_pid=555, launcher_create_time=0.0, process_name="python big.py"
+            user.token, device, backend_id=s.backends.local_id("back01"), launcher_pid=555, launcher_create_time=0.0, process_name="python big.py"
         )
         return job.id
 
@@ -270,7 +274,7 @@ def test_a_running_job_shows_its_memory_total_utilization_and_processes(smi: Run
 
 
 def test_simulated_gpus_are_labelled(smi: Run, user: User) -> None:
-    admin(lambda s: s.conn.execute("UPDATE devices SET name = 'Simulated GPU (moreh-tools)'"))
+    admin(lambda s: s.execute("UPDATE devices SET name = 'Simulated GPU (moreh-tools)'"))
     assert "simulated" not in smi().out  # idle: no figure is shown, so nothing to label
     run_job(user)
     assert smi().out.splitlines()[-1] == (
@@ -281,7 +285,7 @@ def test_simulated_gpus_are_labelled(smi: Run, user: User) -> None:
 
 def test_the_simulated_name_matches_the_provider() -> None:
     from moreh_tools.gpus.simulated import SIMULATED_GPU_NAME
-    from moreh_tools.smi.status import SIMULATED_GPU_NAME as SHOWN_AS_SIMULATED
+    from moreh_tools.services.records import SIMULATED_GPU_NAME as SHOWN_AS_SIMULATED
 
     assert SIMULATED_GPU_NAME == SHOWN_AS_SIMULATED
 
@@ -390,12 +394,12 @@ def test_help_is_the_reference_text_and_loads_nothing_heavy(smi: Run) -> None:
 def test_plain_status_loads_only_what_it_shows(user: User) -> None:
     # `watch moreh-smi` pays for every import at each start (issue 4's start-up bound): the plain view
     # needs DuckDB's engine but not its Python layer, and a waiting job's reason needs the scheduler,
-    # not the repositories and their records.
+    # not the repositories (the plain records come with the services' result types).
     run_job(user)
     queue_job(user, add_device(user, 4))
     probe = (
         "import sys; from moreh_tools.smi.main import main; code = main([]); "
-        "print(code, sorted(m for m in ('duckdb', 'argparse', 'state.records', 'state.jobs') if m in sys.modules))"
+        "print(code, sorted(m for m in ('duckdb', 'argparse', 'state.jobs', 'state.tokens') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "Processes:" in done.stdout, done.stdout
@@ -593,7 +597,7 @@ def test_stale_figures_of_a_local_job_are_sampled_from_the_simulated_gpus(smi: R
         )
         sda = s.sdas.create(user.token, "", 1)
         job = s.jobs.submit(
-            user.token, sda, host="vm-host", launcher_pid=1, launcher_create_time=0.0, process_name="python local.py"
+            user.token, sda, backend_id=s.backends.local_id("vm-host"), launcher_pid=1, launcher_create_time=0.0, process_name="python local.py"
         )
         s.jobs.run_scheduling_pass()
         s.jobs.mark_running(job.id, 1, 0.0)

@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import ensure_local_backend, sample_into_state
 
 from moreh_tools.gpus import GpuProcess, GpuUnavailableError, NvmlGpuProvider, get_provider
-from moreh_tools.gpus.local import ensure_local_backend, sample_into_state
 from state.store import StateStore
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import subprocess
@@ -141,10 +140,8 @@ def test_smclient_endpoint_refuses_user_and_unknown_tokens(
     assert "does not know this token" in result.err
     assert result.err.count("\n") == 1
     assert local(remote, monkeypatch, smc, "show token").out == before
-    with remote.client(user) as client:
-        response = client.post("/api/smclient/command", params={"line": "show token"})
-    assert response.status_code == 403
-    assert response.json()["code"] == 601
+    status, answer = remote.op("console", user, line="show token")
+    assert (status, answer["error"]["type"]) == (403, "PermissionDeniedError")
 
 
 def test_rate_limit_is_one_line(tmp_path: Path, smc: Smc, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,6 +221,20 @@ def both(
     return run
 
 
+@pytest.fixture(autouse=True)
+def changes_go_to_the_daemon(request: pytest.FixtureRequest) -> Any:
+    """While a test's daemon runs in this process it owns the state: the tests' changes go through its store."""
+    from tests import test_moreh_smi
+
+    if "api_server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("api_server")
+    test_moreh_smi.OWNED.append(server.store)
+    yield
+    test_moreh_smi.OWNED.remove(server.store)
+
+
 @pytest.fixture
 def smi_user(api_server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> User:
     """A token with a Large.256GB device running a job on back01 (sampled figures) and an idle Small.64GB one."""
@@ -260,7 +271,7 @@ def test_moreh_smi_remote_refusals(smi_user: User, both: Callable[..., Any], mon
     assert (there.err, there.code) == (here.err, here.code)
     assert "moreh::InvalidToken" in there.err
     monkeypatch.setenv("MOREH_SDA_TOKEN", smi_user.token)
-    refused(both(main, ["--dashboard"], remote_only=True), 1, "--dashboard works on this host's state only")
+    refused(both(main, ["--dashboard"], remote_only=True), 1, "needs a terminal")  # no longer local-only
 
 
 def test_switch_model_is_the_same_remotely(smi_user: User, both: Callable[..., Any], api_server: ApiServer) -> None:
@@ -310,8 +321,10 @@ def twin(
 
     def run(argv: list[str], stdin: str = "") -> Result:
         copy = tmp_path / f"local-{next(copies)}"
-        with StateStore(api_server.home).reading():  # holds the state's lock: nobody writes while we copy
-            shutil.copytree(api_server.home, copy, ignore=shutil.ignore_patterns("*.lock", "run", "*.log"))
+        with api_server.store.quiesced():  # nobody writes while we copy, and the file holds every change
+            shutil.copytree(
+                api_server.home, copy, ignore=shutil.ignore_patterns("*.lock", "run", "*.log", "*.sock", "*.pid", "*.wal")
+            )
         with monkeypatch.context() as m:
             m.delenv("MOREH_SDA_MANAGER_ADDRESS", raising=False)
             m.setenv("MOREH_HOME", str(copy))
@@ -324,20 +337,20 @@ def twin(
             there = run_tool(main, argv, capsys)
         assert not (tmp_path / "user-host").exists()
         assert (there.out, there.err, there.code) == (here.out, here.err, here.code), (argv, stdin)
-        assert devices_of(api_server.home) == devices_of(copy), argv  # the same change, made on the master
+        assert devices_of(api_server.home, api_server.store) == devices_of(copy), argv  # the same change, made on the master
         return there
 
     return run
 
 
-def devices_of(home: Path) -> list[tuple[Any, ...]]:
-    with StateStore(home).reading() as s:
+def devices_of(home: Path, store: Any = None) -> list[tuple[Any, ...]]:
+    with (store or StateStore(home)).reading() as s:
         return s.all(
             "SELECT s.id, s.token, s.model_id, t.current_sda FROM sdas s JOIN tokens t ON t.value = s.token ORDER BY s.id"
         )
 
 
-def test_moreh_smi_device_commands_are_the_same_remotely(smi_user: User, twin: Callable[..., Result]) -> None:
+def test_moreh_smi_device_commands_are_the_same_remotely(smi_user: User, twin: Callable[..., Result], api_server: ApiServer) -> None:
     listed = twin(["device", "--list"])
     assert listed.out.startswith("1. Small.64GB\n"), listed.out
     added = twin(["device", "--add", "Medium.128GB"])
@@ -354,7 +367,7 @@ def test_moreh_smi_device_commands_are_the_same_remotely(smi_user: User, twin: C
     assert removed.out.endswith("Remove device success.\n"), removed
     twin(["--rm"], "4\n")  # --rm works without 'device' too
     twin(["device", "--rm"], "q\n")
-    assert [row[0] for row in devices_of(Path(os.environ["MOREH_HOME"]))] == [1, 2]
+    assert [row[0] for row in devices_of(api_server.home, api_server.store)] == [1, 2]
 
 
 def test_moreh_smi_device_refusals_are_the_same_remotely(
@@ -385,29 +398,30 @@ def test_moreh_smi_device_refusals_are_the_same_remotely(
     refused(twin(["device", "--rm"]), 1, "This token has no device yet")
     monkeypatch.setenv("MOREH_SDA_TOKEN", "no-such-token")
     refused(twin(["device", "--list"]), 1, "moreh::InvalidToken")
-    assert other_device in [row[0] for row in devices_of(api_server.home)]
+    assert other_device in [row[0] for row in devices_of(api_server.home, api_server.store)]
 
 
-def test_device_endpoints_refuse_bad_parameters(smi_user: User, api_server: ApiServer) -> None:
-    with api_server.client(smi_user.token) as client:
-        for path, params in [
-            ("/api/remote/smi/device/add", {}),
-            ("/api/remote/smi/device/add", {"model": "1", "option": "{}"}),
-            ("/api/remote/smi/device/add", {"option": "[1]"}),
-            ("/api/remote/smi/device/add", {"option": '{"number": 1}'}),
-            ("/api/remote/smi/device/rm", {}),
-            ("/api/remote/smi/device/switch", {}),
-        ]:
-            response = client.post(path, params=params)
-            assert response.status_code == 400, (path, params, response.text)
-            assert response.json()["code"] == 600, response.text
-        response = client.post("/api/remote/smi/device/switch", params={"device": "x"})
-        assert (response.status_code, response.json()["code"]) == (422, 602)
-    assert len(devices_of(api_server.home)) == 2
+def test_device_ops_refuse_bad_arguments(smi_user: User, api_server: ApiServer) -> None:
+    option = {"number": 1, "model_id": 1, "name": "Small.64GB", "devices": 1, "group_id": None, "group_name": None}
+    for name, args in [
+        ("device_add", {}),
+        ("device_add", {"model": "1", "option": option}),
+        ("device_add", {"option": [1]}),
+        ("device_add", {"option": {"number": 1}}),
+        ("device_add", {"model": 1}),
+        ("device_add", {"modle": "1"}),
+        ("device_remove", {}),
+        ("device_switch", {}),
+        ("device_switch", {"device": "x"}),
+    ]:
+        status, answer = api_server.op(name, smi_user.token, **args)
+        assert status == 400, (name, args, answer)
+        assert answer["error"]["type"] == "BadRequestError", answer
+    assert len(devices_of(api_server.home, api_server.store)) == 2
 
 
 def model_name(server: ApiServer, sda_id: int) -> str:
-    with StateStore(server.home).reading() as s:
+    with server.store.reading() as s:
         return s.models.get(s.sdas.get(sda_id).model_id).name
 
 
@@ -421,12 +435,20 @@ def host_env(server: ApiServer, root: Path, name: str, token: str) -> dict[str, 
     env.update(
         MOREH_HOME=str(root / name),
         MOREH_HOSTNAME=name,
+        MOREH_MACHINE_ID=f"machine-{name}",  # several simulated hosts on this one machine
         MOREH_FAKE_GPUS="2",
         MOREH_SDA_MANAGER_ADDRESS=address_of(server),
         MOREH_SDA_TOKEN=token,
         MOREH_RELEASE_GRACE="1",
     )
     return env
+
+
+def register_host(server: ApiServer, root: Path, name: str) -> None:
+    """Register a host with the master as its daemon does (one report, with the master's ADMIN token)."""
+    env = host_env(server, root, name, server.admin_token)
+    done = subprocess.run([str(BIN / "sdamanager"), "--once"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -439,7 +461,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
 
 
 def master_read(server: ApiServer, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    with StateStore(server.home).reading() as s:
+    with server.store.reading() as s:
         return s.all(sql, params or [])
 
 
@@ -451,7 +473,7 @@ def test_two_hosts_queue_run_and_account_jobs_through_one_master(api_server: Api
         user_a, user_b = s.tokens.create("a@host-a"), s.tokens.create("b@host-b")
         return user_a, user_b, s.sdas.create(user_a, "", 2), s.sdas.create(user_b, "", 1)
 
-    with StateStore(api_server.home).transaction("test: two users") as s:
+    with api_server.store.transaction("test: two users") as s:
         user_a, user_b, _sda_a, _sda_b = setup(s)
     daemons = [
         subprocess.Popen(
@@ -521,7 +543,7 @@ def test_two_hosts_queue_run_and_account_jobs_through_one_master(api_server: Api
     hosts = sorted((h[0], h[1]) for h in history)
     assert hosts == sorted([(user_a, "host-a"), (user_a, "host-a"), (user_b, "host-b")])
     assert all(h[2] == "finished" and h[3] == 0 for h in history)
-    with StateStore(api_server.home).reading() as s:
+    with api_server.store.reading() as s:
         entries = s.jobs.history()
     for entry in entries:  # each job held devices of its own host's backend only
         assert entry.device_refs, entry
@@ -533,10 +555,11 @@ def test_two_hosts_queue_run_and_account_jobs_through_one_master(api_server: Api
 def test_remote_launcher_refusals_and_lost_and_cancelled_jobs(api_server: ApiServer, tmp_path: Path) -> None:
     import signal
 
-    with StateStore(api_server.home).transaction("test: a user") as s:
+    with api_server.store.transaction("test: a user") as s:
         user = s.tokens.create("c@host-c")
         s.sdas.create(user, "", 1)
     env = host_env(api_server, tmp_path, "host-c", user)
+    register_host(api_server, tmp_path, "host-c")
     run = [str(BIN / "moreh-run"), "--", sys.executable, "-c", JOB]
     bad = subprocess.run(
         [*run, "x", "0"], env={**env, "MOREH_SDA_TOKEN": "nope"}, capture_output=True, text=True, timeout=30
@@ -563,7 +586,7 @@ def test_remote_launcher_refusals_and_lost_and_cancelled_jobs(api_server: ApiSer
     holder.wait(timeout=10)
     wait_until(
         lambda: (
-            sorted(r[0] for r in master_read(api_server, "SELECT end_reason FROM job_history")) == ["lost", "released"]
+            sorted(r[0] for r in master_read(api_server, "SELECT end_reason FROM job_history")) == ["cancelled", "lost"]
         ),
         "the killed launcher's job to be recorded as lost",
     )
@@ -612,13 +635,17 @@ def test_a_bad_address_or_a_non_http_peer_is_one_line(smc: Smc, monkeypatch: pyt
     thread.start()
     peer = f"127.0.0.1:{listener.getsockname()[1]}"
     monkeypatch.setenv("MOREH_SDA_TOKEN", "whatever")
-    for where in ("127.0.0.1:notaport", peer, peer):
+    for where, expected in (
+        ("127.0.0.1:notaport", "MOREH_SDA_MANAGER_ADDRESS='127.0.0.1:notaport' is not usable"),
+        (peer, f"Cannot reach the SDA Manager at {peer}"),
+        (peer, f"Cannot reach the SDA Manager at {peer}"),
+    ):
         monkeypatch.setenv("MOREH_SDA_MANAGER_ADDRESS", where)
         result = smc("show token")
         assert result.code != 0
         assert result.out == ""
         assert result.err.count("\n") == 1, result.err
-        assert f"Cannot reach the SDA Manager at {where}" in result.err, result.err
+        assert expected in result.err, result.err
         assert "internal error" not in result.err.lower()
     thread.join(5)
     listener.close()
@@ -627,43 +654,50 @@ def test_a_bad_address_or_a_non_http_peer_is_one_line(smc: Smc, monkeypatch: pyt
 def test_a_user_cannot_make_the_master_or_a_host_daemon_kill_a_process_of_its_choice(
     api_server: ApiServer, tmp_path: Path
 ) -> None:
-    # The pid of POST /api/remote/job/running is the launcher's claim; releasing the job signals that pid's tree,
+    # The pid a launcher reports when its command starts is only a claim; releasing the job signals that pid's tree,
     # so a USER could name any process (pid and create time are world-readable in /proc) and have it killed.
     import psutil
 
-    from moreh_tools.remote.daemon import Releases
+    from moreh_tools.daemon.host import Releases
+    from moreh_tools.services.records import Release
 
     victim = subprocess.Popen(["sleep", "60"])
     try:
         created = psutil.Process(victim.pid).create_time()
         user = api_server.make_token("pid-claimer")
         with api_server.client() as admin:
+            admin.put("/api/sdamanager/token", params={"token": user, "maxSdaCount": 2})
             for _ in range(2):
                 assert admin.post("/api/sdamanager/sda", params={"model": 1, "token": user}).status_code == 200
-                admin.put("/api/sdamanager/token", params={"token": user, "maxSdaCount": 2})
-            master = admin.get("/api/backend").json()[0]["name"]
-            with api_server.client(user) as client:
-                sdas = [sda["id"] for sda in client.get("/api/sdamanager/sda").json()]
-                # On the master's own host the server checks the claim at once.
-                job = client.post("/api/remote/job", params={"host": master, "sda": sdas[0]}).json()["job"]["id"]
-                claim = {"id": job, "pid": victim.pid, "createTime": created}
-                answer = client.post("/api/remote/job/running", params=claim)
-                assert answer.status_code == 409, answer.text
-                assert f"lacks MOREH_JOB_ID={job}" in answer.json()["details"]
-                ended = client.post("/api/remote/job/finish", params={"id": job, "reason": "failed"})
-                assert ended.status_code == 200, ended.text
-                # On another host the master cannot check it: that host's daemon does before it signals anything.
-                devices = json.dumps([["GPU-h", "G", 1000]])
-                params = {"host": "pid-host", "ip": "10.1.2.3", "sda": sdas[1], "devices": devices}
-                job = client.post("/api/remote/job", params=params).json()["job"]["id"]
-                claim = {"id": job, "pid": victim.pid, "createTime": created}
-                assert client.post("/api/remote/job/running", params=claim).status_code == 200
-                assert client.delete("/api/scheduler/queue", params={"id": job}).status_code == 200
-            report = admin.post("/api/remote/samples", params={"host": "pid-host", "samples": "[]"}).json()
-        assert "release" in report, report
-        assert report["release"] == [{"id": job, "pid": victim.pid, "pidCreateTime": created}]
-        releases = Releases()
-        releases.start(report["release"], tmp_path, lambda line: None)
+        with api_server.client(user) as client:
+            sdas = [sda["id"] for sda in client.get("/api/sdamanager/sda").json()]
+        here = api_server.daemon.owner.ctx
+        launcher = {"launcher_pid": 4242, "launcher_create_time": 1.0, "process": "x", "ip": ""}
+        # On the master's own host the server checks the claim at once.
+        status, answer = api_server.op("job_submit", user, sda=sdas[0], host=here.host, machine_id=here.machine_id,
+                                       **launcher)
+        assert status == 200, answer
+        job = answer["result"]["job"]["id"]
+        status, answer = api_server.op("job_started", user, job_id=job, pid=victim.pid, create_time=created)
+        assert status == 409, answer
+        assert f"lacks MOREH_JOB_ID={job}" in answer["error"]["message"]
+        assert api_server.op("job_finish", user, job_id=job, exit_code=None, reason="failed")[0] == 200
+        # On another host the master cannot check it: that host's daemon does before it signals anything.
+        gpus = [{"uuid": "GPU-h", "name": "G", "memory_total_mib": 1000}]
+        assert api_server.op("host_register", host="pid-host", ip="10.1.2.3", machine_id="pid-host", gpus=gpus)[0] == 200
+        status, answer = api_server.op("job_submit", user, sda=sdas[1], host="pid-host", machine_id="pid-host",
+                                       **launcher)
+        assert status == 200, answer
+        job = answer["result"]["job"]["id"]
+        assert api_server.op("job_started", user, job_id=job, pid=victim.pid, create_time=created)[0] == 200
+        with api_server.client(user) as client:
+            assert client.delete("/api/scheduler/queue", params={"id": job}).status_code == 200
+        status, report = api_server.op("host_report", host="pid-host", ip="10.1.2.3", machine_id="pid-host",
+                                       gpus=gpus, samples=[], processes=[])
+        assert status == 200, report
+        assert report["result"]["release"] == [{"job_id": job, "pid": victim.pid, "pid_create_time": created}]
+        releases = Releases(tmp_path, lambda line: None)
+        releases.start([Release(job, victim.pid, created)])
         deadline = time.monotonic() + 5
         while releases.busy and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -696,14 +730,15 @@ def test_undecodable_arguments_and_tokens_are_one_line_remotely(tmp_path: Path) 
 def test_a_waiting_moreh_run_outlasts_a_rate_limit(tmp_path: Path) -> None:
     # A 429 on the long poll used to end moreh-run and strand its job QUEUED on the master (nothing reaps a remote
     # host's queued job), where it would later hold devices no command uses.
-    from tests.conftest import start_api_server, stop_api_server
+    from tests.conftest import start_api_in_process, stop_api_server
 
-    server = start_api_server(tmp_path / "home", tmp_path / "server.log", {"MOREH_API_RATE": "4/4"})
+    server = start_api_in_process(tmp_path / "home", {"MOREH_API_RATE": "4/4"})
     try:
-        with StateStore(server.home).transaction("test: a user") as s:
+        with server.store.transaction("test: a user") as s:
             user = s.tokens.create("r@host-r")
             s.sdas.create(user, "", 1)
         env = host_env(server, tmp_path, "host-r", user)
+        register_host(server, tmp_path, "host-r")
         run = [str(BIN / "moreh-run"), "--", sys.executable, "-c", JOB]
         # The holder spends 3 requests (submit, register, running) and the waiter's submit the 4th: its first
         # long poll is refused.
@@ -724,14 +759,15 @@ def test_a_waiting_moreh_run_outlasts_a_rate_limit(tmp_path: Path) -> None:
 def test_the_end_of_a_job_is_recorded_even_past_the_rate_limit(tmp_path: Path) -> None:
     # A 429 on /finish left the job RUNNING on the master, holding its devices, with no launcher left to retry:
     # reports of what already happened to one's own job never spend the request budget.
-    from tests.conftest import start_api_server, stop_api_server
+    from tests.conftest import start_api_in_process, stop_api_server
 
-    server = start_api_server(tmp_path / "home", tmp_path / "server.log", {"MOREH_API_RATE": "2/600"})
+    server = start_api_in_process(tmp_path / "home", {"MOREH_API_RATE": "2/600"})
     try:
-        with StateStore(server.home).transaction("test: a user") as s:
+        with server.store.transaction("test: a user") as s:
             user = s.tokens.create("f@host-f")
             s.sdas.create(user, "", 1)
         env = host_env(server, tmp_path, "host-f", user)
+        register_host(server, tmp_path, "host-f")
         # submit and register spend the budget; running and finish must still get through.
         job = subprocess.run([str(BIN / "moreh-run"), "--", "sh", "-c", "echo F1 $CUDA_VISIBLE_DEVICES; exit 3"],
                              env=env, capture_output=True, text=True, timeout=60)

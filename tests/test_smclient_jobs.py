@@ -93,7 +93,7 @@ class Jobs:
             job = s.jobs.submit(
                 token,
                 sda,
-                host=HOST,
+                backend_id=s.backends.local_id(HOST),
                 launcher_pid=proc.pid,
                 launcher_create_time=psutil.Process(proc.pid).create_time(),
                 process_name=name,

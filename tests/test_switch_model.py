@@ -169,7 +169,7 @@ def test_a_device_in_use_is_refused_in_one_line(switch: Run, user: User) -> None
         job = s.jobs.submit(
             user.token,
             user.device,
-            host="back01",
+            backend_id=s.backends.local_id("back01"),
             launcher_pid=9,
             launcher_create_time=0.0,
             process_name="python train.py",

@@ -34,6 +34,7 @@ from moreh_tools.api.routes import ROUTER_MODULES
 from state.errors import StateError
 
 if TYPE_CHECKING:
+    from moreh_tools.daemon.hub import JobHub
     from state.store import StateStore
 
 MAX_BODY_BYTES = 1 << 20
@@ -66,8 +67,7 @@ def lookup_access_level(app: FastAPI, token: str) -> str | None:
         return None
     store: StateStore = app.state.store
     with store.reading() as s:
-        row = s.one("SELECT access_level FROM tokens WHERE value = ?", [token])
-    level = str(row[0]) if row else None
+        level = s.tokens.access_level(token)
     with cache.lock:
         if len(cache.entries) > 10_000:
             cache.entries.clear()
@@ -151,7 +151,7 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
             parsed = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested beyond reason
             raise ApiError(
                 SYNTAX, "SyntaxError. The request body is not valid JSON; send a JSON object or nothing."
             ) from None
@@ -262,8 +262,13 @@ def _install_openapi(app: FastAPI, api_routes: list[APIRoute]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(store: StateStore) -> FastAPI:
-    """The application for ``store``: every route module, error handlers, body parsing, rate limit, OpenAPI."""
+def create_app(store: StateStore, hub: JobHub, *, host: str, machine_id: str, owner_uid: int) -> FastAPI:
+    """The application for ``store``: every route module, the tools' op endpoint, error handlers, body parsing,
+    rate limit, OpenAPI.
+
+    ``hub`` wakes long polls; ``host`` and ``machine_id`` are this machine's (jobs running here are ended
+    here); ``owner_uid`` is the daemon's user, whose processes (and root's) own the state over the socket.
+    """
     app = FastAPI(
         title="SDAManager REST API (moreh-tools)",
         version=__version__,
@@ -277,6 +282,10 @@ def create_app(store: StateStore) -> FastAPI:
         redoc_url=None,
     )
     app.state.store = store
+    app.state.hub = hub
+    app.state.host = host
+    app.state.machine_id = machine_id
+    app.state.owner_uid = owner_uid
     app.state.token_cache = _TokenCache()
     app.state.rate_limiter = RateLimiter.from_env()
     app.state.started = time.time()
@@ -296,6 +305,10 @@ def create_app(store: StateStore) -> FastAPI:
     routers.append(metrics.router)
     for router in routers:
         app.include_router(router)
+    from moreh_tools.api.ops import op_endpoint
+    from moreh_tools.port.ops import OP_PATH
+
+    app.add_route(OP_PATH + "{name}", op_endpoint, methods=["POST"], include_in_schema=False)
     _install_handlers(app)
     _install_openapi(app, [r for router in routers for r in router.routes if isinstance(r, APIRoute)])
     app.add_middleware(BodyParamsMiddleware)

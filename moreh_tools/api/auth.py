@@ -11,38 +11,30 @@ Access levels (moreh_tools/api/docs/API.md, "Authentication and authorisation"):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from moreh_tools.api.errors import NOT_FOUND, ApiError
+from moreh_tools.services.caller import ADMIN, DEVELOPER, HOST, REDACTED_PREFIX, USER, Caller, redact
 
-ADMIN, DEVELOPER, USER = "ADMIN", "DEVELOPER", "USER"
-REDACTED_PREFIX = "hidden-"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated caller: its token value and access level."""
-
-    token: str
-    access_level: str
-
-    @property
-    def is_admin(self) -> bool:
-        """Whether the caller may do everything."""
-        return self.access_level == ADMIN
-
-    @property
-    def reads_all(self) -> bool:
-        """Whether the caller may read the cluster-wide catalogue (ADMIN and DEVELOPER)."""
-        return self.access_level in (ADMIN, DEVELOPER)
-
-    def owns(self, token: str | None) -> bool:
-        """Whether ``token`` is the caller's own token."""
-        return token is not None and token == self.token
+__all__ = [
+    "ADMIN",
+    "DEVELOPER",
+    "HOST",
+    "REDACTED_PREFIX",
+    "USER",
+    "ApiCaller",
+    "Caller",
+    "CallerDep",
+    "authenticate",
+    "presented_token",
+    "redact",
+    "require_admin",
+    "require_reader",
+    "require_self_or_admin",
+]
 
 
 def presented_token(request: Request) -> str | None:
@@ -57,48 +49,68 @@ def presented_token(request: Request) -> str | None:
     return apikey or None
 
 
-def authenticate(request: Request) -> Caller:
-    """FastAPI dependency: the caller, or 601 (HTTP 401) for a missing or unknown token; counts the rate limit."""
+def identify(request: Request, *, budgeted: bool = True) -> Caller:
+    """The caller of a request; UnknownTokenError for a missing or unknown token; 429 past the token's budget.
+
+    Over the daemon's Unix socket, a process of the daemon's own user or root owns the state and needs no
+    token. ``budgeted`` requests over TCP spend their token's budget (HOST tokens never do: a host reports
+    every tick however many hosts share its token); the budget is checked before the token is looked up,
+    so a client over its budget costs no state read.
+    """
     from moreh_tools.api.app import limiter_of, lookup_access_level
+    from moreh_tools.api.peer import UNIX_CLIENT
+    from state.errors import UnknownTokenError
 
+    client = request.client
+    unix = client is not None and client.host == UNIX_CLIENT
+    uid = client.port if unix and client is not None and client.port >= 0 else None
+    owner = uid is not None and uid in (0, request.app.state.owner_uid)
     token = presented_token(request)
-    client = request.client.host if request.client else "unknown"
     limiter = limiter_of(request.app)
-    if token is None:
-        limiter.hit(f"client:{client}")
-        raise ApiError(
-            NOT_FOUND,
-            "Invalid token: send 'Authorization: Bearer <token>' (or the query parameter apikey=<token>).",
-            401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    level = lookup_access_level(request.app, token)
-    if level is None:
-        limiter.hit(f"client:{client}")  # guessing tokens spends the client's budget, not a token's
-        raise ApiError(
-            NOT_FOUND,
-            "Invalid token: the token is not known to this SDA Manager.",
-            401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if request.url.path not in UNLIMITED_PATHS:
+    budgeted = budgeted and not unix and token is not None
+    if budgeted:
+        limiter.check(f"token:{token}")
+    level = lookup_access_level(request.app, token) if token is not None else None
+    if level is None and not owner:
+        if not unix:
+            limiter.hit(f"client:{client.host if client else 'unknown'}")  # guessing spends the client's budget
+        if token is None:
+            raise UnknownTokenError(
+                "Invalid token: send 'Authorization: Bearer <token>' (or the query parameter apikey=<token>)."
+            )
+        raise UnknownTokenError("Invalid token: the token is not known to this SDA Manager.")
+    if budgeted and level != HOST:
         limiter.hit(f"token:{token}")
-    return Caller(token, level)
+    return Caller(token, level, owner=owner, uid=uid, via="socket" if unix else "http")
 
 
-# Reports of what already happened to the caller's own job: refusing one would leave the job RUNNING
-# on the master with its devices held and nobody to retry, so they never spend the request budget.
-UNLIMITED_PATHS = frozenset({"/api/remote/job/running", "/api/remote/job/finish"})
+@dataclass(frozen=True)
+class ApiCaller(Caller):
+    """A caller of the REST API's documented endpoints: one with a token (they act on "the caller's" things)."""
+
+    token: str
+
+
+def authenticate(request: Request) -> ApiCaller:
+    """FastAPI dependency: the caller, or 601 (HTTP 401) for a missing or unknown token; counts the rate limit."""
+    from state.errors import UnknownTokenError
+
+    caller = identify(request)
+    if caller.token is None:
+        raise UnknownTokenError(
+            "Invalid token: send 'Authorization: Bearer <token>' (or the query parameter apikey=<token>)."
+        )
+    return ApiCaller(caller.token, caller.level, owner=caller.owner, uid=caller.uid, via=caller.via)
 
 
 # An endpoint's authenticated caller: ``def endpoint(request: Request, caller: CallerDep)``.
-CallerDep = Annotated[Caller, Depends(authenticate)]
+CallerDep = Annotated[ApiCaller, Depends(authenticate)]
 
 
 def require_admin(caller: Caller) -> None:
     """Refuse (601, HTTP 403) unless the caller is an ADMIN."""
     if not caller.is_admin:
-        raise ApiError(NOT_FOUND, f"This operation needs an ADMIN token; yours is {caller.access_level}.", 403)
+        raise ApiError(NOT_FOUND, f"This operation needs an ADMIN token; yours is {caller.level}.", 403)
 
 
 def require_reader(caller: Caller) -> None:
@@ -114,13 +126,3 @@ def require_self_or_admin(caller: Caller, token: str | None) -> None:
     if caller.is_admin or caller.owns(token):
         return
     raise ApiError(NOT_FOUND, f"Token '{token}' not found.", 404)
-
-
-def redact(token_value: str | None, caller: Caller) -> str | None:
-    """``token_value`` for an ADMIN or its owner; otherwise a stable handle that does not reveal it.
-
-    The handle (``hidden-`` + 8 hex digits of a SHA-256) lets a USER tell two other tokens' jobs apart in the queue.
-    """
-    if token_value is None or caller.is_admin or caller.owns(token_value):
-        return token_value
-    return REDACTED_PREFIX + hashlib.sha256(token_value.encode()).hexdigest()[:8]

@@ -12,12 +12,15 @@ import os
 from typing import Any
 
 from state.errors import (
+    BadRequestError,
     ConflictError,
     InvalidValueError,
     NotFoundError,
+    PermissionDeniedError,
     StateBusyError,
     StateError,
     StateUnavailableError,
+    UnknownTokenError,
 )
 
 SYNTAX, NOT_FOUND, BACKEND, IPMI, SIGNAL = 600, 601, 602, 603, 604
@@ -41,6 +44,12 @@ class ApiError(Exception):
 def from_state_error(exc: StateError) -> ApiError:
     """Map a state-layer error: not found → 601, anything else → 602, keeping its one-line message."""
     message = str(exc)
+    if isinstance(exc, UnknownTokenError):
+        return ApiError(NOT_FOUND, message, 401, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, PermissionDeniedError):
+        return ApiError(NOT_FOUND, message, 403)
+    if isinstance(exc, BadRequestError):
+        return ApiError(SYNTAX, message, 400)
     if isinstance(exc, NotFoundError):
         return ApiError(NOT_FOUND, message, 404)
     if isinstance(exc, ConflictError):

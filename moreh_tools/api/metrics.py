@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from moreh_tools.api.errors import NOT_FOUND, ApiError
+from state import views
 from state.errors import StateError
 
 router = APIRouter(tags=["Hardware"])
@@ -58,24 +59,19 @@ def metrics(request: Request) -> PlainTextResponse:
     _require_token_off_loopback(request)
     try:
         with request.app.state.store.reading() as s:
-            rows = s.all(
-                "SELECT b.host, b.ip, d.idx, d.name, d.temp_gpu, d.temp_mem, d.util_gpu, d.util_mem, "
-                "d.memory_used_mib, d.memory_total_mib FROM devices d "
-                "JOIN backends b ON b.id = d.backend_id ORDER BY b.id, d.idx"
-            )
+            rows = views.device_metrics(s)
     except StateError as exc:
         return PlainTextResponse(f"# state unavailable: {exc}\n", status_code=503, media_type=CONTENT_TYPE)
-    columns = {"temp_gpu": 4, "temp_mem": 5, "util_gpu": 6, "util_mem": 7, "memory_used_mib": 8, "memory_total_mib": 9}
     lines: list[str] = []
     for name, column, text in GAUGES:
         lines += [f"# HELP {name} {text}.", f"# TYPE {name} gauge"]
         for row in rows:
-            value = row[columns[column]]
+            value = getattr(row, column)
             if value is None:
                 continue
             labels = (
-                f'instance="{_label(row[0])}",ip="{_label(row[1])}",device_index="{row[2]}",'
-                f'gpu_type="{_label((row[3] or "GPU").split()[0])}"'
+                f'instance="{_label(row.host)}",ip="{_label(row.ip)}",device_index="{row.idx}",'
+                f'gpu_type="{_label((row.name or "GPU").split()[0])}"'
             )
             lines.append(f"{name}{{{labels}}} {value}")
     lines += ["# HELP moreh_api_up The SDA Manager API answers.", "# TYPE moreh_api_up gauge", "moreh_api_up 1"]

@@ -75,6 +75,26 @@ class RateLimiter:
                 headers={"Retry-After": str(retry)},
             )
 
+    def check(self, key: str) -> None:
+        """Raise 429 when ``key`` already spent its budget in the current window; count nothing.
+
+        Called before anything costs a state read, so a client over its budget costs next to nothing.
+        """
+        if self.requests == 0:
+            return
+        now = self.clock()
+        with self._lock:
+            end, count = self._windows.get(key, (0.0, 0))
+        if end > now and count >= self.requests:
+            retry = max(1, math.ceil(end - now))
+            raise ApiError(
+                RATE_LIMITED,
+                f"Rate limit exceeded: {self.requests} requests per {self.window_s:g} s for this token; "
+                f"retry after {retry} s.",
+                RATE_LIMITED,
+                headers={"Retry-After": str(retry)},
+            )
+
     def _sweep(self, now: float) -> None:
         for key in [k for k, (end, _) in self._windows.items() if end <= now]:
             del self._windows[key]

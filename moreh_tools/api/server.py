@@ -1,4 +1,4 @@
-"""Serving the API with uvicorn: ``sdamanager --api HOST:PORT``.
+"""Serving with uvicorn: the daemon's Unix socket, and with ``sdamanager --api HOST:PORT`` the REST API too.
 
 uvicorn runs in the main thread (it owns SIGTERM/SIGINT and shuts down gracefully); the caller's daemon loop runs
 in a background thread on the same state, and is told to stop when the server does.
@@ -6,14 +6,15 @@ in a background thread on the same state, and is told to stop when the server do
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import socket
+import stat
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from state.store import StateStore
+from pathlib import Path
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8737
@@ -104,27 +105,71 @@ def allow_moreh_status_codes() -> None:
         pass
 
 
+def trusted_proxies() -> str | None:
+    """The proxies whose X-Forwarded-For the API believes (``MOREH_API_TRUSTED_PROXIES``); None: no one.
+
+    Off by default: a client that may set the header could otherwise claim any address and dodge the
+    per-client budget that guessing tokens spends.
+    """
+    value = os.environ.get("MOREH_API_TRUSTED_PROXIES", "").strip()
+    return value or None
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """A listening Unix socket at ``path`` with ``mode`` (a stale socket there is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)  # created with the right mode: no moment when others may connect early
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise AddressError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app: Any) -> Any:
+    """A uvicorn server for ``app``: peer credentials on Unix sockets, forwarded headers only from named proxies."""
+    import uvicorn
+
+    from moreh_tools.api.errors import literal_status
+    from moreh_tools.api.peer import PeerCredentialsProtocol
+
+    if literal_status():
+        allow_moreh_status_codes()
+    proxies = trusted_proxies()
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        http=PeerCredentialsProtocol,
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies or "",
+    )
+    return uvicorn.Server(config)
+
+
 def serve(
-    store: StateStore,
-    sock: socket.socket,
+    server: Any,
+    sockets: list[socket.socket],
     background: Callable[[Callable[[], bool]], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> int:
-    """Serve the API on ``sock`` until SIGTERM/SIGINT; run ``background(should_stop)`` in a thread meanwhile.
+    """Run ``server`` on ``sockets`` until it is told to stop (SIGTERM/SIGINT in the main thread, or its
+    ``should_exit``); run ``background(should_stop)`` in a thread meanwhile.
 
     ``background`` gets a function telling it whether the server is stopping; when ``background`` returns on its
     own (e.g. the daemon got SIGHUP), the server is stopped too. Returns 0 on a clean stop.
     """
-    import uvicorn
-
-    from moreh_tools.api.app import create_app
-    from moreh_tools.api.errors import literal_status
-
-    app = create_app(store)
-    if literal_status():
-        allow_moreh_status_codes()
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
     worker: threading.Thread | None = None
     if background is not None:
         task = background
@@ -137,12 +182,13 @@ def serve(
 
         worker = threading.Thread(target=run_background, name="sdamanager-ticks", daemon=True)
         worker.start()
-    host, port = sock.getsockname()[:2]
-    if log is not None:
-        shown = f"[{host}]" if ":" in host else host
-        log(f"serving the API on http://{shown}:{port} (docs at /docs)")
+    for sock in sockets:
+        if log is not None and sock.family != socket.AF_UNIX:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            log(f"serving the API on http://{shown}:{port} (docs at /docs)")
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=sockets)
     finally:
         server.should_exit = True
         if worker is not None:

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from moreh_tools.api.auth import Caller, redact
+from moreh_tools.api.auth import ApiCaller, redact
 from state.records import SDA, DeviceRef, HistoryEntry, Job, Token, UserGroup
 
 if TYPE_CHECKING:
+    from moreh_tools.services.caller import Caller
+    from moreh_tools.services.context import ServiceContext
     from state.records import Backend
     from state.session import Session
     from state.store import StateStore
@@ -47,7 +49,7 @@ def success(result: Any = None) -> dict[str, Any]:
 class TokenViews:
     """Token and user-group shapes for one request, with the tokens and groups read once."""
 
-    def __init__(self, s: Session, caller: Caller, values: Iterable[str] | None = None) -> None:
+    def __init__(self, s: Session, caller: ApiCaller, values: Iterable[str] | None = None) -> None:
         """Read the tokens ``values`` (all tokens when None) and every user group."""
         self.caller = caller
         self.tokens: dict[str, Token] = (
@@ -144,7 +146,7 @@ def backend_brief(backend: Backend, indexes: Iterable[int] | None = None) -> dic
 class SdaViews:
     """SDA shapes for one request: models, tokens and the backends the SDAs hold, each read once."""
 
-    def __init__(self, s: Session, caller: Caller, sdas: Sequence[SDA]) -> None:
+    def __init__(self, s: Session, caller: ApiCaller, sdas: Sequence[SDA]) -> None:
         """Read what the shapes of ``sdas`` need."""
         self.models = {m.id: m for m in s.models.all()}
         self.tokens = TokenViews(s, caller, {sda.token for sda in sdas})
@@ -230,6 +232,22 @@ def store_of(request: Request) -> StateStore:
     """The state store the app serves."""
     store: StateStore = request.app.state.store
     return store
+
+
+def service_context(request: Request, caller: Caller) -> ServiceContext:
+    """The services' context of a request: the daemon's open state, its job hub, this host."""
+    from moreh_tools.services.context import ServiceContext
+
+    state = request.app.state
+    return ServiceContext(
+        db=state.store,
+        caller=caller,
+        notifier=state.hub,
+        host=state.host,
+        machine_id=state.machine_id,
+        in_daemon=True,
+        daemon_running=True,
+    )
 
 
 def command_text(request: Request) -> str:

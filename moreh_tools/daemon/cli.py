@@ -1,17 +1,15 @@
-"""Entry point of ``sdamanager``: one daemon per state directory, ticking until SIGTERM.
+"""Entry point of ``sdamanager``: the daemon that owns the state while it runs.
 
-Each tick, in this order:
-
-1. reconcile: a job of this host whose launcher is gone (PID reuse ruled out by the process start
-   time) has its processes killed and ends as ``lost``; its devices come back;
-2. a scheduling pass; the launchers whose jobs got devices are woken through their FIFOs;
-3. a sample of every device (memory, utilisation, temperatures) and of the jobs' GPU processes,
-   for ``moreh-smi`` and the dashboard.
+On a master (or a single machine) it opens the state once and keeps it, serves every tool on its
+Unix socket ``$MOREH_HOME/sdamanager.sock`` (and the REST API with ``--api``), and ticks (see
+:mod:`moreh_tools.daemon.owner`: sample this host, end jobs nobody will end, schedule). On a host of
+a remote master (``MOREH_SDA_MANAGER_ADDRESS``) it only reports this host's GPUs and job processes
+there (:mod:`moreh_tools.daemon.host`).
 
 Only one daemon may run per ``MOREH_HOME``: it holds an exclusive ``flock`` on
 ``$MOREH_HOME/sdamanager.pid`` (which also holds its pid) for as long as it runs, so a crashed
-daemon never blocks the next one. Jobs run without a daemon too; the launchers then drive the
-scheduler themselves.
+daemon never blocks the next one. Jobs run without a daemon too: the tools then work on the state
+file themselves, and launchers drive the scheduler.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -33,9 +30,9 @@ from moreh_tools import __version__
 
 if TYPE_CHECKING:
     from moreh_tools.gpus.base import GpuProvider
-    from state.store import StateStore
 
 PROG = "sdamanager"
+DAEMON_PID_FILE = "sdamanager.pid"
 DEFAULT_INTERVAL_S = 2.0
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -87,8 +84,6 @@ class PidLock:
 
     def __init__(self, home: Path) -> None:
         """Bind to ``$MOREH_HOME/sdamanager.pid``."""
-        from moreh_tools.jobs.control import DAEMON_PID_FILE
-
         self.path = home / DAEMON_PID_FILE
         self.fd: int | None = None
 
@@ -140,19 +135,6 @@ class Stopper:
             select.select([self.read_fd], [], [], max(seconds, 0.0))
 
 
-def tick(store: StateStore, host: str, provider: GpuProvider) -> None:
-    """One round: reconcile, schedule and wake, sample."""
-    from moreh_tools.gpus.local import sample_into_state
-    from moreh_tools.jobs import control
-
-    result = control.reconcile_and_schedule(store, host, reason="sdamanager: reconcile and schedule")
-    for job_id in result.lost:
-        _log(f"job {job_id} ended as lost: its moreh-run is gone; its devices are free again")
-    for allocation in result.decision.allocations:
-        _log(f"job {allocation.job_id} got devices {', '.join(f'{b}:{i}' for b, i in allocation.devices)}")
-    sample_into_state(store, provider, host=host)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the daemon; return its exit status."""
     try:
@@ -163,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from moreh_tools.identity import host_name
-    from moreh_tools.remote.client import address as master_address
+    from moreh_tools.port import master_address
     from state.paths import state_home
 
     home = state_home()
@@ -179,12 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if address is None and master_address() is not None:  # a host of a remote master: report, not schedule
-            from moreh_tools.remote.daemon import serve
-
-            return serve(home, host_name(), ns.interval, ns.once)
-        if address is None:
-            return _serve(home, host_name(), ns.interval, ns.once)
-        return _serve_api(home, host_name(), ns.interval, address)
+            return _serve_host(home, ns.interval, ns.once)
+        return _serve_state(home, ns.interval, ns.once, address)
     finally:
         lock.release()
 
@@ -210,103 +187,78 @@ def _api_address(text: str | None, once: bool) -> tuple[str, int] | None:
     return host, port
 
 
-@contextlib.contextmanager
-def _local_backend(store: StateStore, home: Path, host: str, interval: float) -> Iterator[GpuProvider | None]:
-    """This host's GPUs, registered as a backend and logged as running, closed on exit; None (the reason said on
-    stderr) when there are no GPUs or the state refuses the registration."""
+def _provider() -> GpuProvider | None:
+    """This host's GPUs (the reason said on stderr when none can be used)."""
     from moreh_tools import gpus
     from moreh_tools.gpus.base import GpuUnavailableError
-    from moreh_tools.gpus.local import ensure_local_backend
-    from state.errors import StateError
 
     try:
-        provider = gpus.get_provider()
+        return gpus.get_provider()
     except GpuUnavailableError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        yield None
-        return
-    try:
-        try:
-            backend_id = ensure_local_backend(store, provider, host=host)
-        except StateError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            yield None
-            return
-        _log(
-            f"running (pid {os.getpid()}, backend {backend_id} '{host}', {provider.description}, "
-            f"every {interval:g} s, state {home})"
-        )
-        yield provider
-    finally:
-        provider.close()
+        return None
 
 
-def _serve(home: Path, host: str, interval: float, once: bool) -> int:
-    from state.store import StateStore
+def _serve_state(home: Path, interval: float, once: bool, address: tuple[str, int] | None) -> int:
+    """Own the state: open it once, tick, and serve the tools' socket (and the REST API with ``--api``)."""
+    from moreh_tools.api.server import AddressError
+    from moreh_tools.daemon.state_daemon import StateDaemon
+    from state.errors import StateError
 
     stopper = Stopper()
-    store = StateStore(home)
-    with _local_backend(store, home, host, interval) as provider:
-        if provider is None:
+    provider = _provider()
+    if provider is None:
+        return EXIT_FAILED
+    daemon = StateDaemon(home, provider, interval=interval, address=address, log=_log)
+    try:
+        try:
+            daemon.open()
+        except (StateError, AddressError) as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        _tick_loop(store, host, provider, interval, once, stopper, lambda: False)
+        _log(
+            f"running (pid {os.getpid()}, backend {daemon.backend_id} '{daemon.owner.ctx.host if daemon.owner else ''}', "
+            f"{provider.description}, every {interval:g} s, state {home})"
+        )
+        if once:
+            return 0
+        return daemon.serve(lambda: stopper.stopping is not None)
+    finally:
+        daemon.close()
+        provider.close()
+        if stopper.stopping is not None:
+            _log(f"stopped ({signal.Signals(stopper.stopping).name})")
+
+
+def _serve_host(home: Path, interval: float, once: bool) -> int:
+    """A host of a remote master: report this host's GPUs and job processes there every tick."""
+    from moreh_tools import identity
+    from moreh_tools.daemon.host import HostAgent, MasterSink
+    from moreh_tools.daemon.state_daemon import tick_loop
+    from moreh_tools.port import open_port
+
+    stopper = Stopper()
+    try:
+        token: str | None = identity.find_token()
+    except identity.TokenNotGiven:
+        print(f"{PROG}: a host of a remote master needs a HOST or ADMIN token: set MOREH_SDA_TOKEN.", file=sys.stderr)
+        return EXIT_FAILED
+    provider = _provider()
+    if provider is None:
+        return EXIT_FAILED
+    port = open_port(token, tool=PROG)
+    host = identity.host_name()
+    agent = HostAgent(provider, MasterSink(port, host, identity.host_ip(host), identity.machine_id()), home, _log)
+    _log(
+        f"reporting to the SDA Manager at {port.describe()} (pid {os.getpid()}, host '{host}', "
+        f"{provider.description}, every {interval:g} s)"
+    )
+    try:
+        tick_loop(agent.tick, interval, lambda: stopper.stopping is not None, _log, once=once, what="report",
+                  sleep=stopper.sleep)
+    finally:
+        provider.close()
+        port.close()
     if stopper.stopping is not None:
         _log(f"stopped ({signal.Signals(stopper.stopping).name})")
     return 0
-
-
-def _tick_loop(
-    store: StateStore,
-    host: str,
-    provider: GpuProvider,
-    interval: float,
-    once: bool,
-    stopper: Stopper,
-    should_stop: Callable[[], bool],
-) -> None:
-    from state.errors import StateError
-
-    while stopper.stopping is None and not should_stop():
-        started = time.monotonic()
-        try:
-            tick(store, host, provider)
-        except StateError as exc:  # a busy or briefly unavailable state: try again next tick
-            _log(f"tick skipped: {exc}")
-        except Exception as exc:  # the daemon outlives a bad tick; the next one starts clean
-            if os.environ.get("MOREH_DEBUG"):
-                raise
-            _log(f"tick failed: {type(exc).__name__}: {exc}")
-        if once:
-            break
-        # Short sleeps while serving: the server's stop is noticed within a quarter second.
-        deadline = started + interval
-        while stopper.stopping is None and not should_stop() and time.monotonic() < deadline:
-            stopper.sleep(min(0.25, deadline - time.monotonic()))
-
-
-def _serve_api(home: Path, host: str, interval: float, address: tuple[str, int]) -> int:
-    """Serve the API (uvicorn, main thread) and tick in a background thread until SIGTERM/SIGINT."""
-    from moreh_tools.api.server import AddressError, listen, serve
-    from state.store import StateStore
-
-    stopper = Stopper()  # SIGHUP stops both; uvicorn takes SIGTERM/SIGINT while it serves and re-raises them after
-    store = StateStore(home)
-    try:
-        sock = listen(*address)
-    except AddressError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        with _local_backend(store, home, host, interval) as provider:
-            if provider is None:
-                return EXIT_FAILED
-            code = serve(
-                store,
-                sock,
-                lambda should_stop: _tick_loop(store, host, provider, interval, False, stopper, should_stop),
-                _log,
-            )
-    finally:
-        sock.close()
-    _log("stopped")
-    return code

@@ -19,7 +19,7 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer
 from textual.worker import Worker, WorkerState
 
-from moreh_tools.dashboard.data import DEFAULT_INTERVAL_S, DataSource, JobRow, ModelChoices, Snapshot, View
+from moreh_tools.dashboard.data import DEFAULT_INTERVAL_S, DataSource
 from moreh_tools.dashboard.history import DeviceHistory
 from moreh_tools.dashboard.screens import ConfirmScreen, HelpScreen, ModelScreen, PriorityScreen
 from moreh_tools.dashboard.widgets.backend_grid import BackendGrid, summary
@@ -27,17 +27,17 @@ from moreh_tools.dashboard.widgets.device_list import DeviceList
 from moreh_tools.dashboard.widgets.event_log import EventLog
 from moreh_tools.dashboard.widgets.status_bar import StatusBar
 from moreh_tools.dashboard.widgets.tables import AdminJobTable, HistoryTable, LiveTable, UsageTable, UserJobTable
-from moreh_tools.smi.devices import ModelOption
+from moreh_tools.services.records import JobRow, ModelOption, Snapshot, SwitchChoices, View
 
 ACTIONS = ("release", "priority", "switch_model")
 
 
 def problem_text(error: BaseException) -> str:
     """One line for a failed poll or action: our errors carry their message, others get their type."""
-    from moreh_tools.smi.common import UserError
+    from moreh_tools.runtime import ToolError
     from state.errors import StateError
 
-    if isinstance(error, UserError | StateError):
+    if isinstance(error, ToolError | StateError):
         return str(error)
     return f"internal error ({type(error).__name__}: {error}); please report it"
 
@@ -173,7 +173,7 @@ class DashboardApp(App[None]):
         if worker.group == "poll":
             self._polled(worker)
         elif worker.group == "choices":
-            if event.state == WorkerState.SUCCESS and isinstance(worker.result, ModelChoices):
+            if event.state == WorkerState.SUCCESS and isinstance(worker.result, SwitchChoices):
                 self._choices_ready(worker.result)
             elif worker.error is not None:
                 self.say(problem_text(worker.error), "error")
@@ -317,7 +317,7 @@ class DashboardApp(App[None]):
         """Pick a model for the current device, confirm, switch (the choices are read in a worker)."""
         self.run_worker(self.source.model_choices, name="choices", group="choices", thread=True, exit_on_error=False)
 
-    def _choices_ready(self, choices: ModelChoices) -> None:
+    def _choices_ready(self, choices: SwitchChoices) -> None:
         if choices.busy is not None:
             self.say(
                 f"The model cannot be switched while {choices.busy}; wait for it to end or release it (x).", "warning"
@@ -328,9 +328,9 @@ class DashboardApp(App[None]):
             return
 
         def picked(option: ModelOption | None) -> None:
-            if option is None or option == choices.current:
+            if option is None or option == choices.current_option:
                 return
-            current = choices.current.text if choices.current is not None else "its model"
+            current = choices.current
             question = f"Switch device {choices.device_id} from {current} to {option.text}?"
 
             def answered(yes: bool | None) -> None:
@@ -339,4 +339,4 @@ class DashboardApp(App[None]):
 
             self.push_screen(ConfirmScreen(question, "Its next job gets the new model's GPUs."), answered)
 
-        self.push_screen(ModelScreen(choices.device_id, choices.current, choices.options), picked)
+        self.push_screen(ModelScreen(choices.device_id, choices.current_option, choices.options), picked)

@@ -1,6 +1,6 @@
 """Starting the dashboard: check the terminal, the options and the token, then hand over to Textual.
 
-``moreh-smi --dashboard`` calls :func:`run`; ``python -m moreh_tools.dashboard`` calls :func:`main`.
+``moreh-smi --dashboard`` calls :func:`run_dashboard`; ``python -m moreh_tools.dashboard`` calls :func:`main`.
 Textual is imported only after every check passed, so a refusal is quick and prints one line.
 """
 
@@ -11,7 +11,7 @@ import math
 import sys
 from typing import NoReturn
 
-from moreh_tools.smi.common import EXIT_OK, EXIT_USAGE, UserError, run_tool
+from moreh_tools.runtime import EXIT_OK, EXIT_USAGE, ToolError, run
 
 PROG = "moreh-smi --dashboard"
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.2, 3600.0
@@ -22,13 +22,13 @@ NOT_A_TERMINAL = (
 
 
 def parse_interval(text: str) -> float:
-    """Seconds between polls, or UserError with how to write it."""
+    """Seconds between polls, or ToolError with how to write it."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:
-        raise UserError(
+        raise ToolError(
             f"{PROG}: --interval takes seconds from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g}, e.g. --interval 2 "
             f"(got '{text}').",
             EXIT_USAGE,
@@ -41,30 +41,35 @@ def on_a_terminal() -> bool:
     return sys.stdout.isatty() and sys.stdin.isatty()
 
 
-def run(*, interval: float = 1.0, read_only: bool = False) -> int:
-    """Run the dashboard until the user quits; refuse (UserError) without a terminal or a usable token."""
+def run_dashboard(*, interval: float = 1.0, read_only: bool = False) -> int:
+    """Run the dashboard until the user quits; refuse (ToolError) without a terminal or a usable token."""
     from moreh_tools import identity
 
     if not on_a_terminal():
-        raise UserError(NOT_A_TERMINAL)
-    from moreh_tools.dashboard.data import StateSource, resolve_access
-    from state.store import StateStore
+        raise ToolError(NOT_A_TERMINAL)
+    from moreh_tools.dashboard.data import PortSource
+    from moreh_tools.port import open_port, ops
 
     try:
         token: str | None = identity.find_token()
     except identity.TokenNotGiven:
         token = None
-    store = StateStore()
-    access = resolve_access(store, token)
+    port = open_port(token, tool=PROG)
+    if token is None and not port.has_state():  # no state here: a user who forgot the token, not its admin
+        raise ToolError(
+            "SDA token is not given. Set MOREH_SDA_TOKEN (or the token file) for your devices, or run on the "
+            "master with access to the state (MOREH_HOME) for the admin view."
+        )
+    access = port.call(ops.DASHBOARD_ACCESS)
     from moreh_tools.dashboard.app import DashboardApp
 
-    DashboardApp(StateSource(store, access), interval=interval, read_only=read_only).run()
+    DashboardApp(PortSource(port, access), interval=interval, read_only=read_only).run()
     return EXIT_OK
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{PROG}: {message} (see 'python -m moreh_tools.dashboard --help').", EXIT_USAGE)
+        raise ToolError(f"{PROG}: {message} (see 'python -m moreh_tools.dashboard --help').", EXIT_USAGE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = parser.parse_args(args_list)
-        return run(interval=parse_interval(args.interval), read_only=args.read_only)
+        return run_dashboard(interval=parse_interval(args.interval), read_only=args.read_only)
 
-    return run_tool(PROG, body)
+    from moreh_tools.smi.common import unknown_token
+
+    return run(PROG, body, unknown_token=unknown_token)

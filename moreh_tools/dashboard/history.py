@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from moreh_tools.smi.status import DeviceStatus, SmiStatus
+from moreh_tools.services.records import DeviceStatus, SmiStatus
 
 HISTORY_POINTS = 120
 

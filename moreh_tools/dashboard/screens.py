@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from moreh_tools.smi.devices import ModelOption
+from moreh_tools.services.records import ModelOption
 from state.records import PRIORITY_MAX, PRIORITY_MIN
 
 HELP_KEYS = (

@@ -70,3 +70,24 @@ def wake(home: Path, job_id: int) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def claim_turn(home: Path, name: str, min_interval: float) -> bool:
+    """Whether this process may do a shared chore now: True at most once per ``min_interval`` s across processes.
+
+    A time stamp file in the FIFO directory says when someone last did it; claiming it touches the stamp.
+    """
+    import time
+
+    stamp = wake_dir(home) / name
+    try:
+        if time.time() - stamp.stat().st_mtime < min_interval:
+            return False
+    except OSError:
+        pass
+    try:
+        stamp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stamp.touch()
+    except OSError:
+        return True  # the chore is still worth doing; others just cannot see that it was done
+    return True

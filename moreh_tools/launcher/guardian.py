@@ -4,15 +4,16 @@ The launcher forks the guardian before it opens the state (a fork must not copy 
 connection) and keeps the write end of a pipe; the guardian keeps the read end. The launcher
 writes what the guardian needs to know as it goes:
 
-* ``submitting``: a job may exist from now on;
+* ``submitting <launcher start time>``: a job may exist from now on (found by the launcher's identity);
 * ``job <id>``: the job's id;
 * ``child <pid> <create time>``: the job's command started;
 * ``done``: the launcher recorded the job's end itself; nothing to do.
 
 The kernel closes the write end when the launcher dies however it dies (``kill -9`` included), so
-the guardian reads end-of-file. Without ``done`` first, it terminates the job's processes, ends
-the job as ``lost`` and runs a scheduling pass, so the devices come back at once instead of at the
-next daemon tick.
+the guardian reads end-of-file. Without ``done`` first, it terminates the job's processes and ends the
+job as ``lost`` through the port (the state file, the local daemon or the master), so the devices come
+back at once instead of at the next daemon tick. If the guardian dies with its launcher (a session or
+cgroup kill), the next scheduling pass on this host ends the job instead (the job records both pids).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Heard:
     """What the guardian has learnt from its launcher."""
 
     submitting: bool = False
+    launcher_create_time: float | None = None
     job_id: int | None = None
     child_pid: int | None = None
     child_create_time: float | None = None
@@ -42,6 +44,8 @@ class Heard:
         try:
             if word == "submitting":
                 self.submitting = True
+                if args:
+                    self.launcher_create_time = float(args[0])
             elif word == "job" and args:
                 self.job_id = int(args[0])
             elif word == "child" and len(args) == 2:
@@ -72,8 +76,8 @@ class Guardian:
             os.close(self.fd)
 
 
-def start(home: Path, host: str) -> Guardian:
-    """Fork the guardian; return the launcher's end of the pipe."""
+def start(home: Path, token: str, machine_id: str, host: str) -> Guardian:
+    """Fork the guardian (before any connection is open); return the launcher's end of the pipe."""
     read_fd, write_fd = os.pipe()  # both close-on-exec (PEP 446)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -83,7 +87,7 @@ def start(home: Path, host: str) -> Guardian:
         try:
             os.close(write_fd)
             _detach(read_fd)
-            _watch(read_fd, home, host)
+            _watch(read_fd, Launcher(home, token, machine_id, host, os.getppid()))
         except BaseException:
             code = 1
         finally:
@@ -107,7 +111,18 @@ def _detach(read_fd: int) -> None:
     os.closerange(read_fd + 1, 1024)
 
 
-def _watch(read_fd: int, home: Path, host: str) -> None:
+@dataclass(frozen=True)
+class Launcher:
+    """Who the guardian cleans up after: the launcher's state directory, token, machine, host and pid."""
+
+    home: Path
+    token: str
+    machine_id: str
+    host: str
+    pid: int
+
+
+def _watch(read_fd: int, launcher: Launcher) -> None:
     heard = Heard()
     pending = b""
     while True:
@@ -124,30 +139,31 @@ def _watch(read_fd: int, home: Path, host: str) -> None:
             heard.hear(line.decode(errors="replace"))
     if heard.done or not heard.submitting:
         return
-    clean_up(heard, home, host)
+    clean_up(heard, launcher)
 
 
-def clean_up(heard: Heard, home: Path, host: str) -> None:
-    """End the dead launcher's job: kill its processes, record it as lost, hand its devices on."""
-    from moreh_tools.jobs import control, processes
-    from moreh_tools.remote.client import address
+def clean_up(heard: Heard, launcher: Launcher) -> None:
+    """End the dead launcher's job: kill its processes here, record it as lost wherever the state is."""
+    from moreh_tools.jobs import processes
+    from moreh_tools.port import open_port, ops
 
-    if address() is not None:  # the job is the remote master's: record its end there
-        from moreh_tools.remote.launcher import clean_up_lost
-
-        clean_up_lost(heard.job_id, heard.child_pid, heard.child_create_time, str(home))
-        return
-    from state.store import StateStore
-
-    store = StateStore(home)
+    port = open_port(launcher.token, tool="moreh-run (guardian)")
     if heard.job_id is None:
-        # The launcher died while submitting; its job (if the submission committed) names a dead launcher.
-        control.reconcile_and_schedule(store, host, reason="moreh-run launcher lost")
+        # The launcher died while submitting: its job, if the submission got through, names the launcher.
+        started = heard.launcher_create_time  # the launcher is gone: its start time is known from its report only
+        if started is None:
+            return
+        port.call(
+            ops.JOB_ABANDONED,
+            machine_id=launcher.machine_id,
+            host=launcher.host,
+            launcher_pid=launcher.pid,
+            launcher_create_time=started,
+        )
         return
     processes.end_job_processes(
-        heard.job_id, heard.child_pid, heard.child_create_time, str(home), control.release_grace()
+        heard.job_id, heard.child_pid, heard.child_create_time, str(launcher.home), processes.release_grace()
     )
-    with store.transaction("moreh-run launcher lost") as s:
-        s.jobs.finish(heard.job_id, None, "lost")
-        decision = s.jobs.run_scheduling_pass()
-    control.wake_allocated(home, decision)
+    port.call(
+        ops.JOB_FINISH, job_id=heard.job_id, exit_code=None, reason="lost", detail="its moreh-run died"
+    )

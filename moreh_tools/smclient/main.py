@@ -13,9 +13,20 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 from moreh_tools import __version__
 
 if TYPE_CHECKING:
-    from state.store import StateStore
+    from moreh_tools.port import Port
+    from moreh_tools.services.context import ServiceContext
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from moreh_tools.runtime import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    exit_now,
+    silence_stdout,
+)
+
 BANNER_2 = f"moreh-tools {__version__}. Type 'help' for the commands, 'COMMAND ?' for one, 'q' to quit."
 
 
@@ -45,27 +56,61 @@ def _error(message: str, err: TextIO | None = None) -> None:
     print(f"Error: {one_line(message)}", file=err or sys.stderr)
 
 
-def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None) -> int:
-    """Run one console line, print its result, and return an exit status (0 on success).
+def console_port() -> Port:
+    """The port a console works through (the token, when one is set, goes with every line)."""
+    from moreh_tools import identity
+    from moreh_tools.port import open_port
 
-    With ``MOREH_SDA_MANAGER_ADDRESS`` set the line runs on that SDA Manager (``POST /api/smclient/command``).
+    try:
+        token: str | None = identity.find_token()
+    except identity.TokenNotGiven:
+        token = None
+    return open_port(token, tool="moreh_smclient")
+
+
+def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None, port: Port | None = None) -> int:
+    """Run one console line through ``port`` (default: a new one), print what it printed, and return its exit
+    status (0 on success).
+
+    ``exit``/``clear`` raise the exceptions the console loop handles.
     """
-    if os.environ.get("MOREH_SDA_MANAGER_ADDRESS", "").strip():
-        from moreh_tools.remote.smclient import run_remote_line
+    from moreh_tools.port import ops
+    from moreh_tools.runtime import exit_code_of
+    from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
+    from state.errors import StateError
 
-        return run_remote_line(line, json_output=json_output, out=out or sys.stdout)
-    return run_line_here(line, json_output=json_output, out=out)
+    out = out or sys.stdout
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        words = ["?"]  # the line runs anyway: the console says what is wrong with its quoting
+    if not words:
+        return EXIT_OK
+    try:
+        result = (port or console_port()).call(ops.CONSOLE, line=line, json=json_output)
+    except StateError as exc:
+        _error(str(exc))
+        return exit_code_of(exc)
+    if result.stdout:
+        out.write(result.stdout)
+    if result.stderr:
+        sys.stderr.write(result.stderr)
+    if result.action == "exit":
+        raise ExitRequested
+    if result.action == "clear":
+        raise ClearRequested
+    return result.exit_code
 
 
 def run_line_here(
     line: str,
     *,
+    service: ServiceContext,
     json_output: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    store: StateStore | None = None,
 ) -> int:
-    """Run one console line on ``store`` (default: this host's state), whatever the address says."""
+    """Run one console line against ``service``'s state (where the port runs it: this process or a daemon)."""
     from moreh_tools.smclient import registry
     from moreh_tools.smclient.args import UsageError
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
@@ -90,7 +135,7 @@ def run_line_here(
             return EXIT_OK
         cmd, args = registry.resolve(words)
         registry.check_arg_count(cmd, args)
-        ctx = registry.Context(" ".join(words), json_output=json_output, store=store)
+        ctx = registry.Context(" ".join(words), json_output=json_output, service=service)
         result = cmd.handler(ctx, args)
     except (ExitRequested, ClearRequested):
         raise
@@ -113,13 +158,13 @@ def run_line_here(
     return EXIT_OK
 
 
-def _run_lines(lines: Iterable[str], json_output: bool) -> int:
+def _run_lines(lines: Iterable[str], json_output: bool, port: Port) -> int:
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
 
     status = EXIT_OK
     for line in lines:
         try:
-            code = run_line(line, json_output=json_output)
+            code = run_line(line, json_output=json_output, port=port)
         except ExitRequested:
             break
         except ClearRequested:
@@ -168,14 +213,13 @@ def _setup_readline() -> None:
     atexit.register(save)
 
 
-def repl(json_output: bool) -> int:
-    """The interactive console: banner, ``>`` prompt, line editing and history."""
+def repl(json_output: bool, port: Port | None = None) -> int:
+    """The interactive console: banner, ``>`` prompt, line editing and history (through ``port``, default: a new one)."""
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
-    from state.paths import state_file
 
+    port = port or console_port()
     _setup_readline()
-    address = os.environ.get("MOREH_SDA_MANAGER_ADDRESS")
-    print(f"SDAManager's Client. Connect to {address or state_file()}")
+    print(f"SDAManager's Client. Connect to {port.describe()}")
     print(BANNER_2)
     print()
     while True:
@@ -188,7 +232,7 @@ def repl(json_output: bool) -> int:
             print()
             continue
         try:
-            run_line(line, json_output=json_output)
+            run_line(line, json_output=json_output, port=port)
         except ExitRequested:
             return EXIT_OK
         except ClearRequested:
@@ -208,50 +252,25 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if ns.command is not None:
             try:
-                code = run_line(ns.command, json_output=ns.json)
+                code = run_line(ns.command, json_output=ns.json, port=console_port())
             except (ExitRequested, ClearRequested):
                 code = EXIT_OK
         elif not sys.stdin.isatty():
-            code = _run_lines(sys.stdin, ns.json)
+            code = _run_lines(sys.stdin, ns.json, console_port())
         else:
-            code = repl(ns.json)
+            code = repl(ns.json, console_port())
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, as a shell tool killed by SIGPIPE would.
-        _silence_stdout()
+        silence_stdout()
         code = EXIT_BROKEN_PIPE
     finally:
         if collecting:  # main() also runs inside other programs (the tests)
             gc.enable()
     if argv is None and ns.command is not None:
-        _exit_now(code)
+        exit_now(code)
     sys.exit(code)
-
-
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader left
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-def _exit_now(code: int) -> NoReturn:
-    """End the console script without tearing the interpreter down.
-
-    Only for ``--command`` run as the console script: by now the state is closed and unlocked and
-    nothing is registered with atexit, while the teardown of DuckDB's modules and of the command's
-    objects costs 15-20 ms, a tenth of a 10,000-token 'show token' (benchmarks/bench_smclient).
-    """
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # a reader that went away (| head); the exit status still says how the command went
-        pass
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -18,40 +18,31 @@ from moreh_tools.smclient.args import UsageError
 from moreh_tools.smclient.output import Output
 
 if TYPE_CHECKING:
+    from moreh_tools.services.context import ServiceContext
     from state.session import Session
-    from state.store import StateStore
 
 _PARAM = re.compile(r"\{([^}]*)\}")
 
 
 class Context:
-    """What a handler may use: the store (opened on first use), the command line, the output mode."""
+    """What a handler may use: the services' context (the state and who asks), the command line, the output mode."""
 
-    def __init__(self, line: str = "", *, json_output: bool = False, store: StateStore | None = None) -> None:
-        """Create a context for running ``line`` (on ``store``, default this host's state)."""
+    def __init__(self, line: str, *, service: ServiceContext, json_output: bool = False) -> None:
+        """Create a context for running ``line`` against ``service``'s state."""
         self.line = line
         self.json_output = json_output
-        self._store: StateStore | None = store
-
-    @property
-    def store(self) -> StateStore:
-        """The state store (imported lazily so ``help`` never loads DuckDB)."""
-        if self._store is None:
-            from state.store import StateStore
-
-            self._store = StateStore()
-        return self._store
+        self.service = service
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction that may change the state; the command line goes to the event log."""
-        with self.store.transaction(self.line) as session:
+        with self.service.write(self.line) as session:
             yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only look at the state."""
-        with self.store.reading() as session:
+        with self.service.read() as session:
             yield session
 
 

@@ -1,8 +1,8 @@
-"""Entry point of ``moreh-smi``.
+"""Entry point of ``moreh-smi``: the token's devices and jobs, and the device options, through the port.
 
 Nothing heavy is imported up front (argparse only once there are options): ``--help`` and ``-v``
-never load DuckDB, and the status views load NVML or psutil only when the token has a job on this
-host whose figures need refreshing.
+never load DuckDB; through a daemon nothing loads DuckDB at all; alone on the state file, the status
+views load NVML or psutil only when the token has a job on this host whose figures need refreshing.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from moreh_tools import __version__
-from moreh_tools.smi.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UserError, run_tool
+from moreh_tools.runtime import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, run
+from moreh_tools.smi.common import unknown_token
 
 if TYPE_CHECKING:
     import argparse
 
-    from moreh_tools.smi.status import SmiStatus
-    from state.store import StateStore
+    from moreh_tools.port import Port
+    from moreh_tools.services.records import SmiStatus
 
 PROG = "moreh-smi"
 
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
-            raise UserError(f"{PROG}: {message} ({SEE_HELP}).", EXIT_USAGE)
+            raise ToolError(f"{PROG}: {message} ({SEE_HELP}).", EXIT_USAGE)
 
     parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true")
@@ -90,14 +91,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run moreh-smi with ``argv`` (default: the command line) and return its exit status."""
     args_list = sys.argv[1:] if argv is None else argv
-    return run_tool(PROG, lambda: _run(args_list))
+    return run(PROG, lambda: _run(args_list), unknown_token=unknown_token)
+
+
+def _port(token: str | None) -> Port:
+    from moreh_tools.port import open_port
+
+    return open_port(token, tool=PROG)
 
 
 def _run(argv: list[str]) -> int:
     if not argv:  # the plain status, what `watch moreh-smi` repeats: no parser to import and build
         from moreh_tools.smi.common import find_token
 
-        return _show(_local_store(), find_token(), idx=None, tokens=False, hardware=False, as_json=False)
+        token = find_token()
+        return _show(_port(token), token, idx=None, tokens=False, hardware=False, as_json=False)
     args = _parser().parse_args(argv)
     if args.help:
         print(HELP)
@@ -118,54 +126,56 @@ def _run(argv: list[str]) -> int:
         if given
     ]
     if len(actions) > 1:
-        raise UserError(f"{PROG}: use one of {', '.join(actions)} at a time ({SEE_HELP}).", EXIT_USAGE)
+        raise ToolError(f"{PROG}: use one of {', '.join(actions)} at a time ({SEE_HELP}).", EXIT_USAGE)
     if args.json and (device_action is not None or args.reset or args.version):
-        raise UserError(f"{PROG}: --json goes with the status views: no option, -i, -t, -p or -s.", EXIT_USAGE)
+        raise ToolError(f"{PROG}: --json goes with the status views: no option, -i, -t, -p or -s.", EXIT_USAGE)
     if args.idx is not None and (device_action is not None or args.server_version or args.version):
-        raise UserError(f"{PROG}: -i selects a device for the status, -t, -p or -r ({SEE_HELP}).", EXIT_USAGE)
+        raise ToolError(f"{PROG}: -i selects a device for the status, -t, -p or -r ({SEE_HELP}).", EXIT_USAGE)
     if args.version:
         print(f"{PROG} {__version__} (moreh-tools)")
         return EXIT_OK
 
     from moreh_tools.smi.common import find_token
 
-    store = _local_store()
     if args.server_version:
-        return _server_version(store, args.json)
+        from moreh_tools import identity
+
+        try:
+            anyone: str | None = identity.find_token()
+        except identity.TokenNotGiven:
+            anyone = None  # the versions are no secret; a daemon or master may still ask for a token
+        return _server_version(_port(anyone), args.json)
     token = find_token()
+    port = _port(token)
     if device_action is not None:
         from moreh_tools.smi import device_cli
 
-        return device_cli.run(store, token, device_action[0], device_action[1], " ".join([PROG, *argv]))
+        return device_cli.run(port, device_action[0], device_action[1])
     if args.reset:
-        return _reset(store, token, args.idx)
-    return _show(store, token, idx=args.idx, tokens=args.token, hardware=args.hardware, as_json=args.json)
+        return _reset(port, args.idx)
+    return _show(port, token, idx=args.idx, tokens=args.token, hardware=args.hardware, as_json=args.json)
 
 
 def _dashboard(args: argparse.Namespace, device_action: bool) -> int:
     """``--dashboard``: Textual is imported only past this point, and only once the checks pass."""
     if not args.dashboard:
-        raise UserError(f"{PROG}: --interval and --read-only go with --dashboard ({SEE_HELP}).", EXIT_USAGE)
+        raise ToolError(f"{PROG}: --interval and --read-only go with --dashboard ({SEE_HELP}).", EXIT_USAGE)
     others = [name for name, given in (("-r", args.reset), ("-s", args.server_version), ("-v", args.version),
                                        ("-t", args.token), ("-p", args.hardware), ("-i", args.idx is not None),
                                        ("--json", args.json), ("device", device_action)) if given]
     if others:
-        raise UserError(f"{PROG}: --dashboard goes alone (not with {', '.join(others)}) ({SEE_HELP}).", EXIT_USAGE)
-    from moreh_tools.remote.client import address
-
-    if address() is not None:
-        raise UserError(f"{PROG}: --dashboard works on this host's state only; unset MOREH_SDA_MANAGER_ADDRESS.")
-    from moreh_tools.dashboard.cli import parse_interval, run
+        raise ToolError(f"{PROG}: --dashboard goes alone (not with {', '.join(others)}) ({SEE_HELP}).", EXIT_USAGE)
+    from moreh_tools.dashboard.cli import parse_interval, run_dashboard
 
     interval = parse_interval(args.interval) if args.interval is not None else 1.0
-    return run(interval=interval, read_only=args.read_only)
+    return run_dashboard(interval=interval, read_only=args.read_only)
 
 
 def _device_action(args: argparse.Namespace) -> tuple[str, str | None] | None:
     """(action, value) of the device options; ``device`` itself is optional (``moreh-smi --rm 1``)."""
     if [w for w in args.words if w != "device"] or len(args.words) > 1:
         extra = next((w for w in args.words if w != "device"), args.words[-1])
-        raise UserError(f"{PROG}: unknown argument '{extra}' ({SEE_HELP}).", EXIT_USAGE)
+        raise ToolError(f"{PROG}: unknown argument '{extra}' ({SEE_HELP}).", EXIT_USAGE)
     given = [
         (name, value)
         for name, value in (
@@ -177,10 +187,10 @@ def _device_action(args: argparse.Namespace) -> tuple[str, str | None] | None:
         if value is not None
     ]
     if len(given) > 1:
-        raise UserError(f"{PROG}: give one device option at a time ({SEE_HELP}).", EXIT_USAGE)
+        raise ToolError(f"{PROG}: give one device option at a time ({SEE_HELP}).", EXIT_USAGE)
     if not given:
         if args.words:
-            raise UserError(
+            raise ToolError(
                 f"{PROG}: say what to do: device --list | --add [model_id] | --rm [device_id] | --switch [device_id].",
                 EXIT_USAGE,
             )
@@ -193,44 +203,24 @@ def _selected(status: SmiStatus, idx: str | None) -> SmiStatus:
     if idx is None:
         return status
     if not (idx.isascii() and idx.isdigit()):
-        raise UserError(f"{PROG}: -i takes a device id (a number of the Device column), not '{idx}'.", EXIT_USAGE)
+        raise ToolError(f"{PROG}: -i takes a device id (a number of the Device column), not '{idx}'.", EXIT_USAGE)
     if status.device(int(idx)) is None:
         ids = ", ".join(str(d.id) for d in status.devices) or "none"
-        raise UserError(f"Device {idx} is not one of your devices; your devices are: {ids}.")
+        raise ToolError(f"Device {idx} is not one of your devices; your devices are: {ids}.")
     return status.only(int(idx))
 
 
-def _local_store() -> StateStore | None:
-    """This host's state, or None when the tools work against a remote SDA Manager (MOREH_SDA_MANAGER_ADDRESS)."""
-    from moreh_tools.remote.client import address
-
-    if address() is not None:
-        return None
-    from state.store import StateStore
-
-    return StateStore()
-
-
-def _read_status(store: StateStore | None, token: str, *, refresh: bool) -> SmiStatus:
-    if store is None:
-        from moreh_tools.remote.tools import remote_status
-
-        return remote_status(token)
-    from moreh_tools.smi.status import read_status
-
-    return read_status(store, token, refresh=refresh)
-
-
-def _show(store: StateStore | None, token: str, *, idx: str | None, tokens: bool, hardware: bool, as_json: bool) -> int:
+def _show(port: Port, token: str, *, idx: str | None, tokens: bool, hardware: bool, as_json: bool) -> int:
     """The status views: plain, ``-t`` (``tokens``), ``-p`` (``hardware``), each narrowed by ``-i`` and as ``--json``."""
+    from moreh_tools.port import ops
     from moreh_tools.smi import render
 
-    status = _selected(_read_status(store, token, refresh=not tokens), idx)
+    status = _selected(port.call(ops.STATUS, refresh=not tokens), idx)
     if hardware:
         device_id = int(idx) if idx is not None else status.current_device
         device = status.device(device_id) if device_id is not None else None
         if device is None:
-            raise UserError("This token has no current device; add one with 'moreh-smi device --add'.")
+            raise ToolError("This token has no current device; add one with 'moreh-smi device --add'.")
         if as_json:
             return _print_json({"device": device.id, "gpus": status.only(device.id).to_dict()["devices"][0]["gpus"]})
         print(render.gpu_table(device))
@@ -254,49 +244,23 @@ def _print_json(data: object) -> int:
     return EXIT_OK
 
 
-def _server_version(store: StateStore | None, as_json: bool) -> int:
+def _server_version(port: Port, as_json: bool) -> int:
     from moreh_tools.grid import name_value_grid
+    from moreh_tools.port import ops
 
-    if store is None:
-        from moreh_tools.remote.tools import server_versions
-
-        pairs = server_versions()
-    else:
-        with store.reading() as s:
-            versions = s.versions.all()
-        latest = next((v.version for v in versions if v.latest), "")
-        supported = ", ".join(v.version for v in versions if v.supported)
-        pairs = [
-            ("Server", f"moreh-tools {__version__}"),
-            ("Latest Version", latest),
-            ("Supported Versions", supported),
-        ]
+    info = port.call(ops.VERSIONS)
+    pairs = [("Server", info.server), ("Latest Version", info.latest), ("Supported Versions", ", ".join(info.supported))]
     if as_json:
         return _print_json(dict(pairs))
     print(name_value_grid(pairs))
     return EXIT_OK
 
 
-def _reset(store: StateStore | None, token: str, idx: str | None) -> int:
-    if store is None:
-        from moreh_tools.remote.tools import release_remote
+def _reset(port: Port, idx: str | None) -> int:
+    from moreh_tools.port import ops
 
-        release_remote(token, idx)
-        print("Device release success.")
-        return EXIT_OK
-    from moreh_tools import identity
-    from moreh_tools.smi.common import check_token
-    from moreh_tools.smi.devices import owned_device
-
-    with store.reading() as s:
-        check_token(s, token)
-        device = owned_device(s, token, idx).id if idx is not None else None
-        jobs = [j for j in s.jobs.of_token(token) if device is None or j.sda_id == device]
-    if not jobs:
+    if not port.call(ops.JOB_RELEASE_MINE, device=idx):
         print("Device release failed. (Not running job.)", file=sys.stderr)
         return EXIT_FAILED
-    from moreh_tools.jobs.control import release_jobs
-
-    release_jobs(store, jobs, identity.host_name())
     print("Device release success.")
     return EXIT_OK

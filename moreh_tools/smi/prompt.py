@@ -6,10 +6,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from moreh_tools.smi.common import EndOfInput
+from moreh_tools.runtime import EndOfInput
 
 if TYPE_CHECKING:
-    from moreh_tools.smi.devices import ModelOption
+    from moreh_tools.services.records import ModelOption
 
 T = TypeVar("T")
 
@@ -71,6 +71,19 @@ def ask(
         stdout.flush()
         print(hint, file=stderr)
         stderr.flush()
+
+
+def model_lines(
+    options: Sequence[ModelOption], current: ModelOption | None = None, marker: bool = False
+) -> list[str]:
+    """``1. Small.64GB`` lines; with ``marker`` the current model gets ``  *`` (`` *`` in the group form)."""
+    lines = []
+    for option in options:
+        line = f"{option.number}. {option.label}"
+        if marker and current is not None and (option.model_id, option.group_id) == (current.model_id, current.group_id):
+            line += " *" if option.group_name else "  *"
+        lines.append(line)
+    return lines
 
 
 def pick_model(lines: Sequence[str], options: Sequence[ModelOption]) -> ModelOption | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moreh_tools.grid import Column, render_grid
-from moreh_tools.smi.status import DeviceStatus, SmiStatus
+from moreh_tools.services.records import DeviceStatus, SmiStatus
 
 NONE = "-"
 

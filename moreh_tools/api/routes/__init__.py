@@ -12,7 +12,4 @@ ROUTER_MODULES = (
     "moreh_tools.api.routes.membership",
     "moreh_tools.api.routes.usage",
     "moreh_tools.api.routes.log",
-    "moreh_tools.api.routes.smclient",
-    "moreh_tools.api.routes.remote",
-    "moreh_tools.api.routes.remote_jobs",
 )

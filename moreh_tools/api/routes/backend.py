@@ -15,19 +15,13 @@ from moreh_tools.api.errors import SYNTAX, ApiError
 from moreh_tools.api.params import param
 from moreh_tools.api.views import backend_brief, success
 from state.backends import check_ip
-from state.errors import NotFoundError
 from state.records import Backend, BackendGroup
-from state.session import Session
 
 router = APIRouter(tags=["Backend"])
 PUT_COMMANDS = ("update", "reconnect", "on", "off", "cycle", "reset")
 # The document's device statuses; BUSY has no scheduler meaning of its own, it holds devices like a running job.
 DEVICE_STATUS = {"SHUTDOWN": "SHUTDOWN", "IDLE": "IDLE", "BUSY": "PROCESSING"}
 IPMI_UNKNOWN, IPMI_OK = -1, 0
-
-
-def _ipmi_of(s: Session) -> dict[int, tuple[str, int]]:
-    return {int(r[0]): (str(r[1]), int(r[2])) for r in s.all("SELECT backend_id, ip, status FROM backend_ipmi")}
 
 
 def group_view(group: BackendGroup) -> dict[str, Any]:
@@ -48,20 +42,6 @@ def backend_view(backend: Backend, ipmi_info: dict[int, tuple[str, int]]) -> dic
     return {**backend_brief(backend), "ipmi": {"ip": ipmi_ip, "status": ipmi_status}}
 
 
-def _backend_by_ipmi(s: Session, node: str) -> int:
-    row = s.one("SELECT backend_id FROM backend_ipmi WHERE ip = ?", [node])
-    if row is None:
-        row = s.one("SELECT id FROM backends WHERE ip = ?", [node])
-    if row is None:
-        raise NotFoundError(f"No backend has the IPMI or worker address '{node[:80]}'; see GET /api/backend.")
-    return int(row[0])
-
-
-def _set_ipmi(s: Session, backend_id: int, ip: str, status: int) -> None:
-    s.conn.execute("DELETE FROM backend_ipmi WHERE backend_id = ?", [backend_id])
-    s.conn.execute("INSERT INTO backend_ipmi VALUES (?, ?, ?)", [backend_id, ip, status])
-
-
 @router.get("/api/backend", summary="List backends (or one with id)")
 def list_backends(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
     """Every backend, or only ``id``, with its devices, group and IPMI address."""
@@ -69,7 +49,7 @@ def list_backends(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
     backend_id = param(request, "id", int, required=False)
     with request.app.state.store.reading() as s:
         backends = [s.backends.get(backend_id)] if backend_id is not None else s.backends.all()
-        info = _ipmi_of(s)
+        info = s.backends.ipmi_addresses()
         return [backend_view(b, info) for b in backends]
 
 
@@ -88,8 +68,8 @@ def create_backend(request: Request, caller: CallerDep) -> dict[str, Any]:
         backend_id = s.backends.create(label, worker_ip, devices)
         if group != 0:
             s.backends.update_group(backend_id, group)
-        _set_ipmi(s, backend_id, ipmi_ip, IPMI_UNKNOWN)
-        return success(backend_view(s.backends.get(backend_id), _ipmi_of(s)))
+        s.backends.set_ipmi(backend_id, ipmi_ip, IPMI_UNKNOWN)
+        return success(backend_view(s.backends.get(backend_id), s.backends.ipmi_addresses()))
 
 
 @router.put("/api/backend", summary="Update a backend, reconnect IPMI, or power on/off/cycle/reset")
@@ -118,19 +98,19 @@ def update_backend(request: Request, caller: CallerDep) -> Any:
             if worker_ip is not None:
                 s.backends.update_ip(backend_id, worker_ip)
             if node is not None:
-                status = _ipmi_of(s).get(backend_id, ("", IPMI_UNKNOWN))[1]
-                _set_ipmi(s, backend_id, check_ip(node), status)
+                status = s.backends.ipmi_addresses().get(backend_id, ("", IPMI_UNKNOWN))[1]
+                s.backends.set_ipmi(backend_id, check_ip(node), status)
         return success()
     with store.reading() as s:
         if backend_id is not None:
             s.backends.get(backend_id)
-            address = _ipmi_of(s).get(backend_id, (None, IPMI_UNKNOWN))[0] or node
+            address = s.backends.ipmi_addresses().get(backend_id, (None, IPMI_UNKNOWN))[0] or node
             if address is None:
                 raise ApiError(SYNTAX, f"SyntaxError. Backend {backend_id} has no IPMI address; give 'node'.")
         else:
             if node is None:
                 raise ApiError(SYNTAX, "SyntaxError. Parameter 'id' or 'node' is required for power commands.")
-            backend_id = _backend_by_ipmi(s, node)
+            backend_id = s.backends.by_ipmi_or_worker_ip(node)
             address = node
     check_ip(address)
     if command == "reconnect" and user is None:
@@ -142,12 +122,12 @@ def update_backend(request: Request, caller: CallerDep) -> Any:
             ipmi.power(address, user or "", password or "", "status" if command == "reconnect" else command)
         except ApiError:
             with store.transaction(f"api: PUT /api/backend {command} (failed)") as s:
-                _set_ipmi(s, backend_id, address, IPMI_UNKNOWN)
+                s.backends.set_ipmi(backend_id, address, IPMI_UNKNOWN)
                 s.events.record("IPMI_FAILED", f"backend={backend_id} command={command}")
             raise
         result, status = "ok", IPMI_OK
     with store.transaction(f"api: PUT /api/backend {command}") as s:
-        _set_ipmi(s, backend_id, address, status)
+        s.backends.set_ipmi(backend_id, address, status)
         s.events.record("IPMI_" + command.upper(), f"backend={backend_id} address={address} {result}".strip())
     return success()
 

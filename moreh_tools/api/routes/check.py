@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, Request
 
 from moreh_tools.api import ipmi
 from moreh_tools.api.auth import CallerDep
-from moreh_tools.api.errors import BACKEND, IPMI, NOT_FOUND, SYNTAX, ApiError
+from moreh_tools.api.errors import IPMI, NOT_FOUND, SYNTAX, ApiError
 from moreh_tools.api.params import param
 from moreh_tools.api.routes.hardware import SIGNAL_PARAMS, find_backends
 from state.errors import StateError
@@ -36,16 +34,12 @@ def check(request: Request, caller: CallerDep) -> str:
     store = request.app.state.store
     try:
         with store.reading() as s:
-            s.one("SELECT count(*) FROM tokens")
+            s.tokens.count()
             if node:
                 find_backends(s, node)
     except StateError as exc:
         raise ApiError(NOT_FOUND, f"DB error: {exc}", 503) from None
-    if kind == "grpc":
-        from moreh_tools.jobs.control import daemon_running
-
-        if not daemon_running(Path(store.home)):
-            raise ApiError(BACKEND, "gRPCError. The sdamanager daemon is not running for this state.", 503)
+    # kind "grpc" asks whether the daemon runs: it is the daemon that answers this request.
     if kind == "ipmi" and ipmi.tool() is None:
         raise ApiError(IPMI, "ipmitool is not installed on the SDA Manager host (install the ipmitool package).", 502)
     return "success"

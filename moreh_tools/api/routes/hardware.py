@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from moreh_tools.api.auth import Caller, CallerDep
+from moreh_tools.api.auth import ApiCaller, CallerDep
 from moreh_tools.api.errors import NOT_FOUND, SIGNAL, SYNTAX, ApiError
 from moreh_tools.api.params import param
+from state import views
 from state.errors import StateError
 from state.session import Session
 
@@ -51,10 +52,7 @@ def parse_period(text: str) -> float:
 
 def all_nodes(s: Session) -> list[Node]:
     """Every backend with its IPMI address."""
-    rows = s.all(
-        "SELECT b.id, b.host, b.ip, i.ip FROM backends b LEFT JOIN backend_ipmi i ON i.backend_id = b.id ORDER BY b.id"
-    )
-    return [Node(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
+    return [Node(n.id, n.host, n.ip, n.ipmi_ip) for n in views.nodes(s)]
 
 
 def find_backends(s: Session, node: str) -> list[Node]:
@@ -65,7 +63,7 @@ def find_backends(s: Session, node: str) -> list[Node]:
     return found
 
 
-def visible_devices(s: Session, caller: Caller) -> set[tuple[int, int]] | None:
+def visible_devices(s: Session, caller: ApiCaller) -> set[tuple[int, int]] | None:
     """The (backend, device) pairs whose metrics ``caller`` may read: None for all (ADMIN, DEVELOPER).
 
     A USER sees the devices its SDAs hold now (reserved, or allocated to its jobs).
@@ -117,8 +115,8 @@ def signal(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
         with request.app.state.store.reading() as s:
             nodes = find_backends(s, node) if node else all_nodes(s)
             visible = visible_devices(s, caller)
-            rows = _samples(s, [n.id for n in nodes], time.time() - window)
-            names = {(int(r[0]), int(r[1])): r[2] for r in s.all("SELECT backend_id, idx, name FROM devices")}
+            rows = views.sample_history(s, [n.id for n in nodes], time.time() - window)
+            names = views.device_names(s)
     except StateError as exc:
         raise ApiError(SIGNAL, f"The sample history could not be read: {exc}", 503) from None
     by_id = {n.id: n for n in nodes}
@@ -144,21 +142,3 @@ def signal(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
     return result
 
 
-def _samples(s: Session, backend_ids: list[int], since: float) -> list[tuple[Any, ...]]:
-    """Rows ``(t, backend, idx, usage, util_gpu, util_mem, temp_gpu, temp_mem)`` since ``since``, and each
-    device's latest sample even when older, oldest first."""
-    if not backend_ids:
-        return []
-    marks = ", ".join("?" for _ in backend_ids)
-    return s.all(
-        f"""
-        WITH latest AS (
-            SELECT backend_id, idx, max(t) AS t FROM device_samples WHERE backend_id IN ({marks}) GROUP BY 1, 2
-        )
-        SELECT d.t, d.backend_id, d.idx, d.memory_used_mib, d.util_gpu, d.util_mem, d.temp_gpu, d.temp_mem
-        FROM device_samples d JOIN latest l ON l.backend_id = d.backend_id AND l.idx = d.idx
-        WHERE d.t >= least(?, l.t)
-        ORDER BY d.backend_id, d.idx, d.t
-        """,
-        [*backend_ids, since],
-    )

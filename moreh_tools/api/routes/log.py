@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from moreh_tools.api.auth import Caller, CallerDep, redact, require_self_or_admin
+from moreh_tools.api.auth import ApiCaller, CallerDep, redact, require_self_or_admin
 from moreh_tools.api.errors import SYNTAX, ApiError
 from moreh_tools.api.params import param
 from moreh_tools.api.views import TokenViews, iso_utc, store_of
@@ -25,7 +25,7 @@ MAX_EVENT_LIMIT = 100_000
 _WORD = re.compile(r"[A-Za-z0-9+/_-]+=*")
 
 
-def _scrubbed(text: str, known: set[str], caller: Caller) -> str:
+def _scrubbed(text: str, known: set[str], caller: ApiCaller) -> str:
     """``text`` with every other token's value replaced by its redacted handle."""
     return _WORD.sub(lambda m: redact(m[0], caller) or "" if m[0] in known else m[0], text)
 

@@ -15,7 +15,7 @@ from moreh_tools.api.params import param
 from moreh_tools.api.views import TokenViews, command_text, store_of, success
 
 if TYPE_CHECKING:
-    from moreh_tools.api.auth import Caller
+    from moreh_tools.api.auth import ApiCaller
     from state.records import ModelGroup, UserGroup
     from state.session import Session
 
@@ -41,7 +41,7 @@ def _with_children(s: Session, views: TokenViews, groups: list[UserGroup]) -> li
     return [{**views.group(g), "children": [_model_group(m) for m in links.get(g.id, [])]} for g in groups]
 
 
-def _one_with_children(s: Session, caller: Caller, group_id: int) -> dict[str, Any]:
+def _one_with_children(s: Session, caller: ApiCaller, group_id: int) -> dict[str, Any]:
     return _with_children(s, TokenViews(s, caller, []), [s.user_groups.get(group_id)])[0]
 
 

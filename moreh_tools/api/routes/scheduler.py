@@ -11,10 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from moreh_tools.api.auth import Caller, CallerDep
+from moreh_tools.api.auth import ApiCaller, CallerDep
 from moreh_tools.api.errors import NOT_FOUND, SYNTAX, ApiError
 from moreh_tools.api.params import param
-from moreh_tools.api.views import TokenViews, command_text, history_info, job_info, store_of, success
+from moreh_tools.api.views import TokenViews, history_info, job_info, service_context, store_of, success
 from state.queue import queue_positions
 from state.records import Job
 from state.reports import HistoryQuery, search_history
@@ -39,7 +39,7 @@ def _missing_job(job_id: int) -> ApiError:
     return ApiError(NOT_FOUND, f"Job {job_id} is not in the queue; list the queue with GET /api/scheduler/queue.", 404)
 
 
-def _own_job(caller: Caller, job: Job | None, job_id: int) -> Job:
+def _own_job(caller: ApiCaller, job: Job | None, job_id: int) -> Job:
     """The job if the caller may change it; otherwise the same 601 a missing job gets."""
     if job is None or not (caller.is_admin or caller.owns(job.token)):
         raise _missing_job(job_id)
@@ -74,26 +74,11 @@ def update_queue_priority(request: Request, caller: CallerDep) -> Any:
 
     A USER may re-rank its own jobs, up to its token's priority.
     """
-    from moreh_tools.jobs.control import wake_allocated
+    from moreh_tools.services import jobs
 
     job_id = param(request, "id", int)
     priority = param(request, "priority", int)
-    store = store_of(request)
-    with store.transaction(command_text(request)) as s:
-        job = _own_job(caller, s.jobs.find(job_id), job_id)
-        if not caller.is_admin:
-            ceiling = s.tokens.get(job.token).priority
-            if priority > ceiling:
-                raise ApiError(
-                    NOT_FOUND,
-                    f"A {caller.access_level} token may set its jobs' priority up to its token priority "
-                    f"({ceiling}), not {priority}; ask an ADMIN for more.",
-                    403,
-                )
-        s.jobs.update_priority(job_id, priority)
-        # A new order can let a job start now (a lowered head no longer holds its group up).
-        decision = s.jobs.run_scheduling_pass()
-    wake_allocated(store.home, decision)
+    jobs.set_priority(service_context(request, caller), job_id=job_id, priority=priority)
     return success()
 
 
@@ -103,13 +88,11 @@ def delete_queue_job(request: Request, caller: CallerDep) -> Any:
 
     ``isWeb`` is accepted and has no effect. The answer comes once the job's processes on this host are gone.
     """
-    from moreh_tools.identity import host_name
-    from moreh_tools.jobs.control import release_jobs
+    from moreh_tools.services import jobs
 
     job_id = param(request, "id", int)
     param(request, "isWeb", bool, required=False, default=False)
-    store = store_of(request)
-    with store.reading() as s:
+    with store_of(request).reading() as s:
         job = s.jobs.find(job_id)
         if job is None:
             ended = s.jobs.history_entry(job_id)
@@ -117,8 +100,9 @@ def delete_queue_job(request: Request, caller: CallerDep) -> Any:
                 raise ApiError(
                     NOT_FOUND, f"Job {job_id} has already ended; see GET /api/scheduler/history?id={job_id}.", 404
                 )
-        job = _own_job(caller, job, job_id)
-    release_jobs(store, [job], host_name())
+        _own_job(caller, job, job_id)
+    who = "an admin" if caller.is_admin else "its user"
+    jobs.release(service_context(request, caller), job_ids=[job_id], detail=f"released by {who} (API)")
     return success()
 
 

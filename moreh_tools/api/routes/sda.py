@@ -17,7 +17,7 @@ from moreh_tools.api.views import SdaViews, command_text, store_of, success
 from state.reports import job_processes
 
 if TYPE_CHECKING:
-    from moreh_tools.api.auth import Caller
+    from moreh_tools.api.auth import ApiCaller
     from state.session import Session
 
 router = APIRouter(tags=["SDA"])
@@ -32,7 +32,7 @@ def _sda_id(request: Request) -> int | None:
     )
 
 
-def _sda_shown(s: Session, caller: Caller, sda_id: int) -> dict[str, Any]:
+def _sda_shown(s: Session, caller: ApiCaller, sda_id: int) -> dict[str, Any]:
     sda = s.sdas.get(sda_id)
     return SdaViews(s, caller, [sda]).sda(sda)
 

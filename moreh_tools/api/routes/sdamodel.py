@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from moreh_tools.api.auth import Caller, CallerDep, require_admin, require_reader, require_self_or_admin
+from moreh_tools.api.auth import ApiCaller, CallerDep, require_admin, require_reader, require_self_or_admin
 from moreh_tools.api.params import param
 from moreh_tools.api.views import success
 from state.records import ModelGroup, SDAModel
@@ -55,7 +55,7 @@ def group_view(group: ModelGroup, descriptions: dict[int, str]) -> dict[str, Any
     }
 
 
-def _models(s: Session, caller: Caller, token: str | None) -> list[dict[str, Any]]:
+def _models(s: Session, caller: ApiCaller, token: str | None) -> list[dict[str, Any]]:
     groups = s.model_groups.all()
     descriptions = s.models.descriptions()
     if token is None and caller.reads_all:

@@ -10,7 +10,7 @@ from textual.geometry import Size
 from textual.widget import Widget
 
 from moreh_tools.dashboard import formatting as fmt
-from moreh_tools.dashboard.data import GridBackend, GridDevice
+from moreh_tools.services.records import GridBackend, GridDevice
 
 CELL_WIDTH = 7  # " 93·41 ": utilisation · memory, in percent
 

@@ -8,7 +8,7 @@ from textual.widget import Widget
 
 from moreh_tools.dashboard import formatting as fmt
 from moreh_tools.dashboard.history import DeviceHistory, memory_percent
-from moreh_tools.smi.status import DeviceStatus, SmiStatus
+from moreh_tools.services.records import DeviceStatus, SmiStatus
 
 STATE_STYLES = {"running": "bold green", "preparing": "yellow", "waiting": "cyan", "idle": "dim"}
 

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from moreh_tools.dashboard import formatting as fmt
-from moreh_tools.dashboard.data import HistoryRow, JobRow, UsageRow
+from moreh_tools.services.records import HistoryRow, JobRow, UsageRow
 
 Cell = str | Text
 Row = tuple[str, tuple[Cell, ...]]

@@ -117,8 +117,7 @@ def _version_of(client: str) -> str:
 
 
 def _token_name(s: Session, token: str) -> str:
-    row = s.one("SELECT description FROM tokens WHERE value = ?", [token])
-    return str(row[0]) if row else ""
+    return s.tokens.description(token)
 
 
 def _queued_job(s: Session, job_id: int, ended: str) -> Job:
@@ -239,15 +238,12 @@ def get_job_token(ctx: Context, args: list[str]) -> Output:
 
 @command("update job priority", "Update Job Priority", "update job priority {frontend id} {priority}")
 def update_job_priority(ctx: Context, args: list[str]) -> Output:
-    from moreh_tools.jobs.control import wake_allocated
+    from moreh_tools.services import jobs
 
     job_id = to_int(args[0], "frontend id")
     priority = to_int(args[1], "priority")
-    with ctx.write() as s:
-        s.jobs.update_priority(job_id, priority)
-        # A new order can let a job start now (a lowered head no longer holds its group up).
-        decision = s.jobs.run_scheduling_pass()
-    wake_allocated(ctx.store.home, decision)
+    # A new order can let a job start now (a lowered head no longer holds its group up): the service runs a pass.
+    jobs.set_priority(ctx.service, job_id=job_id, priority=priority)
     return Message("Update Job Priority success.", {"id": job_id, "priority": priority})
 
 
@@ -263,12 +259,11 @@ def _released(ids: list[int], all_jobs: bool = False) -> Message:
 
 
 def _release(ctx: Context, jobs: list[Job]) -> list[int]:
-    from moreh_tools.identity import host_name
-    from moreh_tools.jobs.control import release_jobs
+    from moreh_tools.services import jobs as job_service
 
     if not jobs:
         return []
-    return release_jobs(ctx.store, jobs, host_name())
+    return job_service.release(ctx.service, job_ids=[j.id for j in jobs], detail="released by an admin")
 
 
 @command("release", "Release Device", "release {[token | fronend id]} {SDA ID : optional}")

@@ -60,7 +60,7 @@ def model_table(models: list[SDAModel]) -> Table:
 def _is_model(s: Session, value: str) -> bool:
     if not (value.isascii() and value.isdigit()):  # int() rejects some str.isdigit() digits, such as '²'
         return False
-    return s.one("SELECT 1 FROM sda_models WHERE id = ?", [int(value)]) is not None
+    return s.models.exists(int(value))
 
 
 def _create(ctx: Context, args: list[str], reserved: bool) -> int:

@@ -143,6 +143,8 @@ def remove_worker_env(ctx: Context, args: list[str]) -> Output:
 
 @command("show server version", "Show Server Version Information")
 def show_server_version(ctx: Context, args: list[str]) -> Output:
+    from state.paths import state_file
+
     with ctx.read() as s:
         schema = s.schema_version()
         latest = s.versions.latest()
@@ -150,7 +152,7 @@ def show_server_version(ctx: Context, args: list[str]) -> Output:
         ("Server", f"moreh-tools {__version__}"),
         ("Latest Worker", latest or ""),
         ("State Schema", str(schema)),
-        ("State File", str(ctx.store.path)),
+        ("State File", str(state_file(ctx.service.home))),
         ("Python", platform.python_version()),
     ]
     return Table([Column("Name"), Column("Value")], [list(p) for p in pairs], [dict(pairs)])

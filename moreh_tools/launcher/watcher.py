@@ -1,0 +1,94 @@
+"""While the job's command runs, hear what happens to the job elsewhere and act on it here.
+
+Someone asking the job to stop (an admin's ``release``, the user's ``moreh-smi -r``, the dashboard's
+``x``) reaches the launcher at once (a long poll through the daemon or the master, or the job's FIFO
+without a daemon). The launcher then stops its own command (SIGTERM to its process group, SIGKILL
+after ``MOREH_RELEASE_GRACE``), so a release works even where the releaser may not signal the user's
+processes, and the user reads one line saying who stopped the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moreh_tools.launcher.child import Child
+
+#: How long one long poll of a running job lasts before the watcher asks again.
+WATCH_S = 25.0
+
+
+class Watcher:
+    """A daemon thread watching one running job through its own port (connections are not shared)."""
+
+    def __init__(self, token: str, job_id: int, child: Child, home: str) -> None:
+        """Watch ``job_id`` (whose command is ``child``) as ``token``."""
+        self.token = token
+        self.job_id = job_id
+        self.child = child
+        self.home = home
+        self.said = ""  # the line moreh-run prints once the command ended, when the job was stopped
+        self._closing = threading.Event()
+        self._stopping = threading.Lock()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching."""
+        self._thread = threading.Thread(target=self._watch, name="moreh-run-watcher", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        from moreh_tools.port import open_port, ops
+        from state.errors import StateError
+
+        port = open_port(self.token, tool="moreh-run")
+        seen = "running"
+        try:
+            while not self._closing.is_set():
+                try:
+                    update = port.call(ops.JOB_WAIT, job_id=self.job_id, timeout=WATCH_S, seen=seen)
+                except StateError:
+                    # The daemon restarting, the master unreachable: the command keeps running; look again.
+                    port.close()
+                    if self._closing.wait(2.0):
+                        return
+                    continue
+                if update.state == "release":
+                    seen = "release"
+                    self.stop_command(update.detail or "it was released")
+                elif update.state == "ended":
+                    why = update.detail or f"it ended as {update.reason}"
+                    self.stop_command(why)
+                    return
+        except Exception:  # the watcher is a courtesy: the command and its end are the launcher's
+            return
+        finally:
+            port.close()
+
+    def stop_command(self, why: str) -> None:
+        """Stop the command: SIGTERM to its group now, SIGKILL after the grace period (once)."""
+        from moreh_tools.jobs import processes
+
+        with self._stopping:
+            if self._stopped:
+                return
+            self._stopped = True
+        grace = processes.release_grace()
+        self.said = f"job {self.job_id} was stopped: {why}."
+        self.child.send(signal.SIGTERM)
+        self.child.send(signal.SIGCONT)  # a stopped (Ctrl-Z) command must wake up to hear SIGTERM
+        threading.Thread(target=self._kill_later, args=(grace,), name="moreh-run-grace", daemon=True).start()
+
+    def _kill_later(self, grace: float) -> None:
+        if self._closing.wait(grace):
+            return
+        with contextlib.suppress(OSError):
+            self.child.send(signal.SIGKILL)
+
+    def close(self) -> None:
+        """The command ended: stop watching (the thread ends at its next answer; it is a daemon thread)."""
+        self._closing.set()

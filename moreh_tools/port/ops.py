@@ -1,0 +1,113 @@
+"""Every operation a tool may ask of the state, by name: the service that does it and the type it returns.
+
+The same table serves every way in: the in-process port calls the service directly, and the daemon's
+socket and a master's HTTP API answer ``POST /api/v1/op/<name>`` with the JSON of the result. The
+service modules are named as text and imported on first use, so a tool that talks to a daemon never
+loads them (nor DuckDB).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from moreh_tools.services.records import (
+    Access,
+    Added,
+    ConsoleResult,
+    HostReply,
+    JobUpdate,
+    ModelOption,
+    OwnedDevices,
+    SmiStatus,
+    Snapshot,
+    Submitted,
+    SwitchChoices,
+    Switched,
+    VersionInfo,
+)
+
+T = TypeVar("T", covariant=True)
+
+#: The version of the op protocol; a client and a daemon that differ say so in one line.
+PROTOCOL = 1
+OP_PATH = "/api/v1/op/"
+
+
+@dataclass(frozen=True)
+class Op(Generic[T]):
+    """One operation: its name, the service function (``module:function``) and what it returns.
+
+    ``idempotent``: sending it again after a lost answer does no harm (reads, a launcher's own reports).
+    ``long_poll``: it may wait for a change (the daemon waits without holding a thread).
+    """
+
+    name: str
+    target: str
+    result: Any
+    idempotent: bool = True
+    long_poll: bool = False
+
+    def function(self) -> Callable[..., T]:
+        """The service function (imported now)."""
+        module, _, name = self.target.partition(":")
+        found: Callable[..., T] = getattr(importlib.import_module(module), name)
+        return found
+
+
+STATUS: Op[SmiStatus] = Op("status", "moreh_tools.services.status:token_status", SmiStatus)
+VERSIONS: Op[VersionInfo] = Op("versions", "moreh_tools.services.status:server_versions", VersionInfo)
+DEVICE_MODELS: Op[list[ModelOption]] = Op("device_models", "moreh_tools.services.devices:models", list[ModelOption])
+DEVICE_ADD: Op[Added] = Op("device_add", "moreh_tools.services.devices:add", Added, idempotent=False)
+DEVICE_OWNED: Op[OwnedDevices] = Op("device_owned", "moreh_tools.services.devices:owned", OwnedDevices)
+DEVICE_REMOVE: Op[OwnedDevices] = Op(
+    "device_remove", "moreh_tools.services.devices:remove", OwnedDevices, idempotent=False
+)
+DEVICE_SWITCH: Op[OwnedDevices] = Op("device_switch", "moreh_tools.services.devices:switch_device", OwnedDevices)
+SWITCH_CHOICES: Op[SwitchChoices] = Op("switch_choices", "moreh_tools.services.devices:switch_choices", SwitchChoices)
+SWITCH_MODEL: Op[Switched] = Op("switch_model", "moreh_tools.services.devices:switch_model", Switched)
+JOB_SUBMIT: Op[Submitted] = Op("job_submit", "moreh_tools.services.jobs:submit", Submitted)
+JOB_WAIT: Op[JobUpdate] = Op("job_wait", "moreh_tools.services.jobs:wait", JobUpdate, long_poll=True)
+JOB_STARTED: Op[bool] = Op("job_started", "moreh_tools.services.jobs:started", bool)
+JOB_CLEANING: Op[None] = Op("job_cleaning", "moreh_tools.services.jobs:cleaning", None)
+JOB_FINISH: Op[None] = Op("job_finish", "moreh_tools.services.jobs:finish", None)
+JOB_ABANDONED: Op[int | None] = Op("job_abandoned", "moreh_tools.services.jobs:abandoned", int | None)
+JOB_RELEASE: Op[list[int]] = Op("job_release", "moreh_tools.services.jobs:release", list[int])
+JOB_RELEASE_MINE: Op[list[int]] = Op("job_release_mine", "moreh_tools.services.jobs:release_mine", list[int])
+JOB_PRIORITY: Op[None] = Op("job_priority", "moreh_tools.services.jobs:set_priority", None)
+HOST_REGISTER: Op[int] = Op("host_register", "moreh_tools.services.hosts:register_host", int)
+HOST_REPORT: Op[HostReply] = Op("host_report", "moreh_tools.services.hosts:report", HostReply)
+CONSOLE: Op[ConsoleResult] = Op("console", "moreh_tools.services.console:run_line", ConsoleResult, idempotent=False)
+DASHBOARD_ACCESS: Op[Access] = Op("dashboard_access", "moreh_tools.services.dashboard:access", Access)
+DASHBOARD_SNAPSHOT: Op[Snapshot] = Op("dashboard_snapshot", "moreh_tools.services.dashboard:snapshot", Snapshot)
+
+OPS: dict[str, Op[Any]] = {
+    op.name: op
+    for op in (
+        STATUS,
+        VERSIONS,
+        DEVICE_MODELS,
+        DEVICE_ADD,
+        DEVICE_OWNED,
+        DEVICE_REMOVE,
+        DEVICE_SWITCH,
+        SWITCH_CHOICES,
+        SWITCH_MODEL,
+        JOB_SUBMIT,
+        JOB_WAIT,
+        JOB_STARTED,
+        JOB_CLEANING,
+        JOB_FINISH,
+        JOB_ABANDONED,
+        JOB_RELEASE,
+        JOB_RELEASE_MINE,
+        JOB_PRIORITY,
+        HOST_REGISTER,
+        HOST_REPORT,
+        CONSOLE,
+        DASHBOARD_ACCESS,
+        DASHBOARD_SNAPSHOT,
+    )
+}

@@ -1,0 +1,180 @@
+"""What ``moreh-smi`` shows about a token (its devices, their GPUs, processes and waiting jobs), and ``-s``.
+
+:func:`collect_status` only reads one session, so the dashboard can call it on every tick;
+:func:`token_status` may first put fresh GPU figures into the state when nobody else samples them
+(no daemon runs and the token has a job on this host whose figures are stale).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from moreh_tools import __version__
+from moreh_tools.services.records import (
+    DEVICE_NAME,
+    SAMPLE_MAX_AGE_S,
+    DeviceStatus,
+    GpuStatus,
+    ProcessStatus,
+    SmiStatus,
+    VersionInfo,
+    WaitingJob,
+)
+from state import views
+from state.errors import UnknownTokenError
+
+if TYPE_CHECKING:
+    from moreh_tools.services.context import ServiceContext
+    from state.session import Session
+    from state.views import JobBrief, SdaRow
+
+_ACTIVE = ("SUBMITTED", "RUNNING")
+#: What a queued job waits for when the scheduler has no objection: the next pass starts it.
+STARTS_NEXT_PASS = "devices are free; it starts at the next scheduling pass"
+
+
+def unknown_token(token: str) -> UnknownTokenError:
+    """The refusal of a token the state does not know."""
+    return UnknownTokenError(f"Token '{token[:8]}...' is not known to the SDA Manager.")
+
+
+def token_status(ctx: ServiceContext, *, refresh: bool = True) -> SmiStatus:
+    """The caller's token's status; with ``refresh``, stale figures of its jobs on this host are sampled first.
+
+    Only a tool working on the state file alone samples (the daemon samples every tick itself).
+    """
+    token = _token_of(ctx)
+    with ctx.read() as s:
+        status, jobs = _collect(s, token)
+        here = any(j.host == ctx.host and j.status in _ACTIVE for j in jobs)
+        stale = refresh and here and not ctx.daemon_running and views.samples_stale(s, token, ctx.host, SAMPLE_MAX_AGE_S)
+    if stale:
+        from moreh_tools.services.hosts import sample_this_host
+
+        if sample_this_host(ctx):
+            with ctx.read() as s:
+                status = collect_status(s, token)
+    return status
+
+
+def _token_of(ctx: ServiceContext) -> str:
+    token = ctx.caller.token
+    if token is None:
+        raise UnknownTokenError("SDA token is not given.")
+    return token
+
+
+def server_versions(ctx: ServiceContext) -> VersionInfo:
+    """What ``moreh-smi -s`` shows: this server's version, the latest and the supported worker versions."""
+    with ctx.read() as s:
+        versions = s.versions.all()
+    latest = next((v.version for v in versions if v.latest), "")
+    return VersionInfo(f"moreh-tools {__version__}", latest, tuple(v.version for v in versions if v.supported))
+
+
+def collect_status(s: Session, token: str) -> SmiStatus:
+    """Gather the token's devices, jobs and GPU figures from one session (reads only)."""
+    return _collect(s, token)[0]
+
+
+def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
+    owner = views.token_overview(s, token)
+    if owner is None:
+        raise unknown_token(token)
+    jobs = views.token_jobs(s, token)
+    gpus: dict[int, list[GpuStatus]] = {}
+    for row in views.token_gpus(s, token):
+        gpus.setdefault(row.sda_id, []).append(GpuStatus(*row[1:]))
+    devices = tuple(
+        _device(sda, owner.current_sda, [j for j in jobs if j.sda_id == sda.id], tuple(gpus.get(sda.id, ())))
+        for sda in views.token_sdas(s, token)
+    )
+    active = [j for j in jobs if j.status in _ACTIVE]
+    queued = [j for j in jobs if j.status == "QUEUED"]
+    status = SmiStatus(
+        token=token,
+        current_version=__version__,
+        latest_version=owner.latest_version,
+        max_devices=owner.max_sda,
+        current_device=owner.current_sda,
+        devices=devices,
+        processes=tuple(_processes(s, active)),
+        waiting=tuple(_waiting(s, queued)),
+    )
+    return status, jobs
+
+
+def _device(sda: SdaRow, current: int | None, jobs: list[JobBrief], gpus: tuple[GpuStatus, ...]) -> DeviceStatus:
+    statuses = {j.status for j in jobs}
+    if "RUNNING" in statuses:
+        state = "running"
+    elif "SUBMITTED" in statuses:
+        state = "preparing"
+    elif "QUEUED" in statuses:
+        state = "waiting"
+    else:
+        state = "idle"
+    return DeviceStatus(
+        id=sda.id,
+        current=sda.id == current,
+        name=DEVICE_NAME,
+        model=sda.model_name if sda.model_name is not None else "-",
+        model_group=sda.group_name,
+        model_devices=sda.model_devices if sda.model_devices is not None else 0,
+        reserved=sda.reserved,
+        state=state,
+        job_ids=tuple(j.id for j in jobs),
+        gpus=gpus,
+    )
+
+
+def _processes(s: Session, active: list[JobBrief]) -> list[ProcessStatus]:
+    if not active:
+        return []
+    by_id = {j.id: j for j in active}
+    sampled: dict[int, list[ProcessStatus]] = {}
+    for row in views.job_process_totals(s, list(by_id)):
+        job = by_id[row.job_id]
+        # The job's own process is shown with its command line, as the real tool does.
+        shown = job.process_name if row.pid == job.pid and job.process_name else row.name
+        sampled.setdefault(job.id, []).append(ProcessStatus(job.sda_id, job.id, row.pid, shown, row.memory_mib))
+    out: list[ProcessStatus] = []
+    for job in sorted(active, key=lambda j: (j.sda_id, j.id)):
+        out.extend(sampled.get(job.id) or [ProcessStatus(job.sda_id, job.id, job.pid, job.process_name, None)])
+    return out
+
+
+def _waiting(s: Session, queued: list[JobBrief]) -> list[WaitingJob]:
+    if not queued:
+        return []
+    from state.queue import queue_positions
+
+    reasons = waiting_reasons(s)
+    positions = queue_positions(s)
+    return [
+        WaitingJob(
+            device=job.sda_id,
+            job_id=job.id,
+            pid=job.launcher_pid,
+            process=job.process_name,
+            position=positions.get(job.id),
+            reason=reasons.get(job.id, STARTS_NEXT_PASS),
+        )
+        for job in sorted(queued, key=lambda j: (j.sda_id, j.id))
+    ]
+
+
+def waiting_reasons(s: Session) -> dict[int, str]:
+    """Why each queued job waits, by asking the scheduler the question without applying its answer."""
+    from scheduler_core.scheduling import schedule
+    from state.queue import scheduling_inputs
+
+    try:
+        backends, queue, active, reserved = scheduling_inputs(s)
+        return dict(schedule(backends, queue, active, reserved).waiting)
+    except Exception:
+        # The reason is a courtesy; a scheduler fault must not hide the user's status.
+        if os.environ.get("MOREH_DEBUG"):
+            raise
+        return {}
