@@ -316,8 +316,3 @@ def _never_world_writable(path: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def open_store(home: Path | None = None) -> StateStore:
-    """Return a store for ``home`` (default: ``MOREH_HOME`` or the per-system default)."""
-    return StateStore(home)
