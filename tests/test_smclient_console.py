@@ -160,6 +160,29 @@ def test_exit_and_clear_do_nothing_with_command(smc: Smc, line: str) -> None:
     assert ok(smc(line)).out == ""
 
 
+@pytest.mark.parametrize(
+    ("line", "needles"),
+    [
+        ("show history abc", ("count of history must be an integer, not 'abc'",)),
+        ("get job feid 99999999999999999", ("frontend id 99999999999999999 is out of range", "2147483647")),
+        ("delete usergroup 1 maybe", ("force delete flag must be true or false, not 'maybe'",)),
+        ("update sdamodelgroup list 1 1,,2", ("has an empty item",)),
+        ("show usage 2024-01-01 noon 2024-01-02 00:00:00", ("begin time 'noon' is not a time", "hh:mm:ss")),
+    ],
+)
+def test_an_argument_that_is_not_of_its_kind_is_bad_usage_exit_2(
+    rejects: Callable[..., str], line: str, needles: tuple[str, ...]
+) -> None:
+    rejects(line, 2, *needles)
+
+
+def test_a_well_formed_request_the_state_refuses_is_exit_1(rejects: Callable[..., str], new_token: NewToken) -> None:
+    token = new_token()
+    rejects("get job feid 2147483647", 1, "Job 2147483647 is not in the queue")
+    rejects(f"update token priority {token} 100", 1, "priority 100 is out of range", "-99 to 99")
+    rejects("delete usergroup 7 true", 1, "not found")
+
+
 def test_an_internal_error_is_one_line_and_exit_3(smc: Smc, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(ctx: registry.Context, args: list[str]) -> Output:
         raise RuntimeError("boom")
@@ -347,7 +370,7 @@ def test_show_eventlog_shows_the_last_100_events_or_the_count_asked(smc: Smc) ->
     )
     assert ok(smc("show eventlog 0", json=True)).json == []
     with state_unchanged():
-        fails(smc("show eventlog many"), 1, "event count must be an integer, not 'many'")
+        fails(smc("show eventlog many"), 2, "event count must be an integer, not 'many'")
         fails(smc("show eventlog 1 2"), 2, "takes 0 to 1 argument(s), got 2")
 
 

@@ -1,14 +1,19 @@
-"""Converting command arguments, with one-line errors that say what to type instead."""
+"""Converting command arguments, with one-line errors that say what to type instead.
+
+A converter that cannot read an argument as its kind (not an integer, beyond the integer range, not
+true/false, a list with an empty item) raises :class:`UsageError`: the line is bad usage (exit 2),
+like an unknown command or a wrong argument count. Whether a well-formed value is acceptable (a
+priority within -99..99, a token that exists) is for the state to say (exit 1).
+"""
 
 from __future__ import annotations
 
-from state.errors import InvalidValueError
-
 NULL_WORDS = {"null", "none"}
+INT_MAX = 2**31 - 1
 
 
 class UsageError(Exception):
-    """The command line itself is wrong (unknown command, wrong number of arguments)."""
+    """The command line itself is wrong: unknown command, wrong argument count, an unreadable argument."""
 
 
 def to_int(value: str, what: str) -> int:
@@ -16,10 +21,19 @@ def to_int(value: str, what: str) -> int:
     try:
         number = int(value, 10)
     except ValueError:
-        raise InvalidValueError(f"The {what} must be an integer, not '{value}'.") from None
-    if abs(number) > 2**31 - 1:
-        raise InvalidValueError(f"The {what} {value} is out of range.")
+        raise UsageError(f"The {what} must be an integer, not '{value}'.") from None
+    if abs(number) > INT_MAX:
+        raise UsageError(f"The {what} {value} is out of range: use an integer from -{INT_MAX} to {INT_MAX}.")
     return number
+
+
+def is_int(value: str) -> bool:
+    """Whether ``value`` reads as an integer argument (``to_int`` would take it)."""
+    try:
+        to_int(value, "value")
+    except UsageError:
+        return False
+    return True
 
 
 def to_bool(value: str, what: str) -> bool:
@@ -29,7 +43,7 @@ def to_bool(value: str, what: str) -> bool:
         return True
     if lowered in ("false", "0", "no", "off"):
         return False
-    raise InvalidValueError(f"The {what} must be true or false, not '{value}'.")
+    raise UsageError(f"The {what} must be true or false, not '{value}'.")
 
 
 def is_null(value: str) -> bool:
@@ -43,7 +57,7 @@ def to_list(value: str) -> list[str]:
         return []
     items = [item.strip() for item in value.split(",")]
     if any(not item for item in items):
-        raise InvalidValueError(f"The list '{value}' has an empty item: separate items with single commas.")
+        raise UsageError(f"The list '{value}' has an empty item: separate items with single commas.")
     return items
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from moreh_tools.grid import Column
-from moreh_tools.smclient.args import to_bool, to_int, to_int_list, to_list
+from moreh_tools.smclient.args import UsageError, to_bool, to_int, to_int_list, to_list
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
-from state.errors import InvalidValueError
 from state.records import ModelGroup, UserGroup
 
 _LIST_HINT = "[token 1,token 2,token 3,...]"
@@ -46,7 +45,7 @@ def create_usergroup(ctx: Context, args: list[str]) -> Output:
         elif len(args) == 2:
             try:
                 items = to_list(args[1]) if args[1].strip() else []  # '' is an empty description, not a bad list
-            except InvalidValueError:  # 'Seoul, Korea,' is no token list, so it is the description
+            except UsageError:  # 'Seoul, Korea,' is no token list, so it is the description
                 items = [args[1]]
             if all(s.tokens.exists(t) for t in items):
                 tokens = items

@@ -17,7 +17,7 @@ from moreh_tools.smclient.args import UsageError, to_int
 from moreh_tools.smclient.commands.system import time_text
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
-from state.errors import InvalidValueError, NotFoundError
+from state.errors import NotFoundError
 from state.records import DeviceRef, HistoryEntry, Job, TokenUsage
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def _count_arg(args: list[str], index: int, what: str) -> int:
         return DEFAULT_HISTORY_COUNT
     count = to_int(args[index], what)
     if count < 1:
-        raise InvalidValueError(f"The {what} must be at least 1, not {count}.")
+        raise UsageError(f"The {what} must be at least 1, not {count}.")
     return count
 
 
@@ -429,11 +429,11 @@ def _moment(date: str, time: str, which: str) -> datetime:
     try:
         day = datetime.strptime(date, "%Y-%m-%d")
     except ValueError:
-        raise InvalidValueError(f"The {which} date '{date}' is not a date: use YYYY-MM-DD, e.g. 2024-01-31.") from None
+        raise UsageError(f"The {which} date '{date}' is not a date: use YYYY-MM-DD, e.g. 2024-01-31.") from None
     try:
         clock = datetime.strptime(time, "%H:%M:%S")
     except ValueError:
-        raise InvalidValueError(f"The {which} time '{time}' is not a time: use hh:mm:ss, e.g. 09:30:00.") from None
+        raise UsageError(f"The {which} time '{time}' is not a time: use hh:mm:ss, e.g. 09:30:00.") from None
     return day.replace(hour=clock.hour, minute=clock.minute, second=clock.second)
 
 
