@@ -176,6 +176,32 @@ def test_an_argument_that_is_not_of_its_kind_is_bad_usage_exit_2(
     rejects(line, 2, *needles)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "create token d ٣",  # an Arabic-Indic three
+        "create token d 1_0",
+        "create token d +5",
+        "create token d ' 5'",
+        "create token d ５",  # a fullwidth five
+        "show eventlog ２",
+        "show usage ٢٠٢٤-01-01 00:00:00 2024-01-02 00:00:00",
+        "show usage 2024-01-01 0٩:00:00 2024-01-02 00:00:00",
+    ],
+)
+def test_numbers_are_ascii_digits_only(rejects: Callable[..., str], line: str) -> None:
+    message = rejects(line, 2)
+    assert "digits 0-9" in message or "YYYY-MM-DD" in message or "hh:mm:ss" in message, message
+
+
+def test_ascii_numbers_with_a_minus_still_work(smc: Smc) -> None:
+    token = token_of(ok(smc("create token d -5")))
+    ok(smc(f"update token priority {token} 007"))
+    assert ok(smc(f"get token {token}", json=True)).json[0]["priority"] == 7
+    # Not a frontend id in ASCII digits, so 'release' reads it as a token.
+    fails(smc("release ٣"), 1, "Token '٣' not found")
+
+
 def test_a_well_formed_request_the_state_refuses_is_exit_1(rejects: Callable[..., str], new_token: NewToken) -> None:
     token = new_token()
     rejects("get job feid 2147483647", 1, "Job 2147483647 is not in the queue")

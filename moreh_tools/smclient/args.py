@@ -8,8 +8,12 @@ priority within -99..99, a token that exists) is for the state to say (exit 1).
 
 from __future__ import annotations
 
+import re
+
 NULL_WORDS = {"null", "none"}
 INT_MAX = 2**31 - 1
+# ASCII digits with an optional leading '-': int() alone also takes '1_0', ' 7 ', '+3' and other scripts' digits ('٣').
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class UsageError(Exception):
@@ -17,11 +21,10 @@ class UsageError(Exception):
 
 
 def to_int(value: str, what: str) -> int:
-    """Parse an integer argument."""
-    try:
-        number = int(value, 10)
-    except ValueError:
-        raise UsageError(f"The {what} must be an integer, not '{value}'.") from None
+    """Parse an integer argument: ASCII digits with an optional leading ``-``, within ±2147483647."""
+    if not _INTEGER.fullmatch(value):
+        raise UsageError(f"The {what} must be an integer, not '{value}': type it with the digits 0-9.")
+    number = int(value, 10)
     if abs(number) > INT_MAX:
         raise UsageError(f"The {what} {value} is out of range: use an integer from -{INT_MAX} to {INT_MAX}.")
     return number
@@ -29,11 +32,7 @@ def to_int(value: str, what: str) -> int:
 
 def is_int(value: str) -> bool:
     """Whether ``value`` reads as an integer argument (``to_int`` would take it)."""
-    try:
-        to_int(value, "value")
-    except UsageError:
-        return False
-    return True
+    return _INTEGER.fullmatch(value) is not None and abs(int(value, 10)) <= INT_MAX
 
 
 def to_bool(value: str, what: str) -> bool:

@@ -276,7 +276,7 @@ def release(ctx: Context, args: list[str]) -> Output:
     target = args[0]
     sda_id = to_int(args[1], "SDA ID") if len(args) > 1 else None
     with ctx.read() as s:
-        if target.isdigit():
+        if target.isascii() and target.isdigit():  # a frontend id; anything else names a token
             if sda_id is not None:
                 raise UsageError(
                     f"An SDA ID selects among a token's jobs; with a frontend id leave it out: 'release {target}'."
@@ -426,11 +426,16 @@ def get_history_token(ctx: Context, args: list[str]) -> Output:
 
 
 def _moment(date: str, time: str, which: str) -> datetime:
+    # strptime alone would read other scripts' digits ('٢٠٢٤-01-31'); numbers on the console are ASCII.
     try:
+        if not date.isascii():
+            raise ValueError(date)
         day = datetime.strptime(date, "%Y-%m-%d")
     except ValueError:
         raise UsageError(f"The {which} date '{date}' is not a date: use YYYY-MM-DD, e.g. 2024-01-31.") from None
     try:
+        if not time.isascii():
+            raise ValueError(time)
         clock = datetime.strptime(time, "%H:%M:%S")
     except ValueError:
         raise UsageError(f"The {which} time '{time}' is not a time: use hh:mm:ss, e.g. 09:30:00.") from None

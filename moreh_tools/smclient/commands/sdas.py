@@ -58,7 +58,7 @@ def model_table(models: list[SDAModel]) -> Table:
 
 
 def _is_model(s: Session, value: str) -> bool:
-    if not (value.isascii() and value.isdigit()):  # int() rejects some str.isdigit() digits, such as '²'
+    if not is_int(value):
         return False
     return s.one("SELECT 1 FROM sda_models WHERE id = ?", [int(value)]) is not None
 
