@@ -30,6 +30,14 @@ def to_int(value: str, what: str) -> int:
     return number
 
 
+def to_count(value: str, what: str) -> int:
+    """Parse how many rows to show: a positive integer (0 or a negative number is bad usage)."""
+    count = to_int(value, what)
+    if count < 1:
+        raise UsageError(f"The {what} must be at least 1, not {count}: it says how many to show.")
+    return count
+
+
 def is_int(value: str) -> bool:
     """Whether ``value`` reads as an integer argument (``to_int`` would take it)."""
     return _INTEGER.fullmatch(value) is not None and abs(int(value, 10)) <= INT_MAX

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from moreh_tools.grid import Column, name_value_grid
-from moreh_tools.smclient.args import UsageError, to_int
+from moreh_tools.smclient.args import UsageError, to_count, to_int
 from moreh_tools.smclient.commands.system import time_text
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
@@ -134,10 +134,7 @@ def _queued_job(s: Session, job_id: int, ended: str) -> Job:
 def _count_arg(args: list[str], index: int, what: str) -> int:
     if len(args) <= index:
         return DEFAULT_HISTORY_COUNT
-    count = to_int(args[index], what)
-    if count < 1:
-        raise UsageError(f"The {what} must be at least 1, not {count}.")
-    return count
+    return to_count(args[index], what)
 
 
 # -- the queue --------------------------------------------------------------------------------
