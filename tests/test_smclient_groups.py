@@ -292,3 +292,35 @@ def test_create_usergroup_description_that_is_not_a_clean_list(smc: Smc) -> None
     ok(smc('create usergroup research "Research team, Seoul,"'), "Create Group Success (id : 1)")
     groups = ok(smc("show usergroup", json=True)).json
     assert [(g["name"], g["description"], g["tokens"]) for g in groups] == [("research", "Research team, Seoul,", [])]
+
+
+def test_create_usergroup_refuses_a_token_list_naming_an_unknown_token(smc: Smc, new_token: NewToken) -> None:
+    a, b = new_token("a"), new_token("b")
+    unknown = "dGFlczE2NzY2MDAwNDAzMTk="  # a token's shape (the 000 manual's), but no such token here
+    cases: Cases = [
+        ("create usergroup team {a},{b}x", 1, ("Token '{b}x' not found", "no group was created", "show token")),
+        ("create usergroup team {a},{b_short}", 1, ("Token '{b_short}' not found",)),
+        ("create usergroup team {a},{unknown}", 1, ("Token '{unknown}' not found",)),
+        ("create usergroup team {unknown},{a}x", 1, ("Tokens '{unknown}', '{a}x' not found",)),
+        ("create usergroup team {unknown}", 1, ("Token '{unknown}' not found",)),  # one token: it ends in '='
+        ("create usergroup team {a},,{b}", 2, ("has an empty item",)),
+        ("create usergroup team TEST {a},{b}x", 1, ("Token '{b}x' not found",)),  # 001's form already did this
+    ]
+    check_failures(smc, cases, a=a, b=b, b_short=b[:-1], unknown=unknown)
+    assert "'DESCRIPTION' null" in fails(smc(f"create usergroup team {a},{b}x"), 1)
+    ok(smc(f"create usergroup team {a},{b}"))
+    assert records(smc, "show usergroup") == [{"id": 1, "name": "team", "description": "", "tokens": [a, b]}]
+
+
+def test_create_usergroup_text_that_is_no_token_list_is_the_description(smc: Smc) -> None:
+    for n, description in enumerate(["Seoul, Korea", "alpha,beta", "MachineLearningTeam2024", "TEST", "a=b"]):
+        ok(smc(f"create usergroup g{n} '{description}'"))
+    ok(smc("create usergroup none_of_them null"))
+    assert [(g["description"], g["tokens"]) for g in records(smc, "show usergroup")] == [
+        ("Seoul, Korea", []),
+        ("alpha,beta", []),
+        ("MachineLearningTeam2024", []),
+        ("TEST", []),
+        ("a=b", []),
+        ("", []),
+    ]
