@@ -155,6 +155,33 @@ def test_unclosed_quotes_blank_lines_and_comments(smc: Smc) -> None:
     assert ok(smc(f"get token {token}", json=True)).json[0]["description"] == "commented"
 
 
+def test_a_hash_begins_a_comment_only_at_the_start_of_a_word(smc: Smc, new_token: NewToken) -> None:
+    token = new_token("env-holder")
+    ok(smc(f"add token env {token} URL http://host/#frag"))
+    ok(smc(f"add token env {token} TAG a#b   # the rest is a comment"))
+    assert ok(smc(f"get token {token}", json=True)).json[0]["env"] == {"URL": "http://host/#frag", "TAG": "a#b"}
+    described = {
+        "create token team#3": "team#3",
+        "create token team #3": "team",
+        "create token 'team #3'": "team #3",
+        "create token team\\ #3": "team #3",
+        "create token \"it's\"#1": "it's#1",
+        "create token 'a'#b": "a#b",
+        "create token #x\n'quoted'": "quoted",  # a comment ends with its line
+    }
+    for line, description in described.items():
+        created = token_of(ok(smc(line)))
+        assert ok(smc(f"get token {created}", json=True)).json[0]["description"] == description, line
+
+
+def test_the_comment_rule_is_told_in_help_and_in_the_console_banner(moreh_home: Path) -> None:
+    done = run_console("--help")
+    assert "a '#' at the start of a word begins a comment" in " ".join(done.stdout.split())
+    code, screen = run_repl([b"q\n"], moreh_home)
+    assert code == 0
+    assert "A '#' at the start of a word begins a comment, as in a shell ('team#3' is one word" in screen
+
+
 @pytest.mark.parametrize("line", ["exit", "quit", "q", "clear"])
 def test_exit_and_clear_do_nothing_with_command(smc: Smc, line: str) -> None:
     assert ok(smc(line)).out == ""

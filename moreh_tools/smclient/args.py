@@ -9,6 +9,7 @@ priority within -99..99, a token that exists) is for the state to say (exit 1).
 from __future__ import annotations
 
 import re
+import shlex
 
 NULL_WORDS = {"null", "none"}
 INT_MAX = 2**31 - 1
@@ -18,6 +19,52 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 class UsageError(Exception):
     """The command line itself is wrong: unknown command, wrong argument count, an unreadable argument."""
+
+
+def split_line(line: str) -> list[str]:
+    """Split a console line into words the way a POSIX shell does; ValueError for an unclosed quote.
+
+    Quotes and backslashes group and escape as in ``shlex.split``. A ``#`` begins a comment only at the
+    start of a word, as in a shell: ``team#3`` and ``http://host/#frag`` are whole words, ``team #3`` is
+    ``team`` (``shlex``'s own ``comments=True`` would cut both words at the ``#``).
+    """
+    return shlex.split(_without_comments(line))
+
+
+def _without_comments(line: str) -> str:
+    """``line`` without its comments: from a ``#`` that starts a word, outside quotes, to the end of its line."""
+    kept: list[str] = []
+    quote = ""
+    in_word = False
+    i = 0
+    while i < len(line):
+        char = line[i]
+        if quote == "'":
+            quote = "" if char == "'" else quote
+        elif quote == '"':
+            if char == "\\" and line[i + 1 : i + 2] in ('"', "\\"):  # shlex escapes only these inside "..."
+                kept.append(char)
+                i += 1
+                char = line[i]
+            elif char == '"':
+                quote = ""
+        elif char in " \t\r\n":
+            in_word = False
+        elif char == "#" and not in_word:
+            end = line.find("\n", i)
+            i = len(line) if end < 0 else end  # the newline itself ends the comment and is kept
+            continue
+        else:
+            in_word = True
+            if char == "\\" and i + 1 < len(line):  # the escaped character belongs to the word
+                kept.append(char)
+                i += 1
+                char = line[i]
+            elif char in "'\"":
+                quote = char
+        kept.append(char)
+        i += 1
+    return "".join(kept)
 
 
 def to_int(value: str, what: str) -> int:

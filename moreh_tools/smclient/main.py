@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shlex
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NoReturn, TextIO
@@ -17,6 +16,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 BANNER_2 = f"moreh-tools {__version__}. Type 'help' for the commands, 'COMMAND ?' for one, 'q' to quit."
+COMMENTS = "A '#' at the start of a word begins a comment, as in a shell ('team#3' is one word, 'team #3' is 'team')."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
             "SDA Manager admin console. With no arguments on a terminal it starts an interactive console; "
             "lines piped on stdin run one per line."
         ),
-        epilog="Example: moreh_smclient --command 'show token'   (state directory: $MOREH_HOME)",
+        epilog=(
+            "Lines are split into words as by a shell: quotes group words, and a '#' at the start of a word "
+            "begins a comment ('team#3' is one word). "
+            "Example: moreh_smclient --command 'show token'   (state directory: $MOREH_HOME)"
+        ),
     )
     parser.add_argument("--command", "-c", metavar="LINE", help="run one console line and exit")
     parser.add_argument("--json", action="store_true", help="print show/get results as JSON")
@@ -67,14 +71,14 @@ def run_line_here(
 ) -> int:
     """Run one console line on ``store`` (default: this host's state), whatever the address says."""
     from moreh_tools.smclient import registry
-    from moreh_tools.smclient.args import UsageError
+    from moreh_tools.smclient.args import UsageError, split_line
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
     from moreh_tools.smclient.output import Message, to_json
     from state.errors import StateError
 
     out = out or sys.stdout
     try:
-        words = shlex.split(line, comments=True)
+        words = split_line(line)
     except ValueError as exc:
         _error(f"Cannot read the line ({exc}): close every quote you open.", err)
         return EXIT_USAGE
@@ -177,6 +181,7 @@ def repl(json_output: bool) -> int:
     address = os.environ.get("MOREH_SDA_MANAGER_ADDRESS")
     print(f"SDAManager's Client. Connect to {address or state_file()}")
     print(BANNER_2)
+    print(COMMENTS)
     print()
     while True:
         try:
