@@ -105,6 +105,33 @@ def test_question_mark_prints_the_commands_help_entry(smc: Smc) -> None:
     assert ok(smc("CREATE SDA ?")).out == ok(smc("create sda ?")).out
 
 
+def help_entries(listing: str, prefix: str) -> list[str]:
+    """The lines of the ``help`` listing for every command whose name starts with ``prefix``."""
+    lines = listing.splitlines()
+    picked: list[str] = []
+    for n, line in enumerate(lines):
+        entry = ENTRY.match(line)
+        if entry and entry["name"].strip().startswith(prefix):
+            picked.append(line)
+            if n + 1 < len(lines) and USAGE.match(lines[n + 1]):
+                picked.append(lines[n + 1])
+    return picked
+
+
+@pytest.mark.parametrize("typed", ["update token", "show", "show tok", "delete", "update sdamodelgroup", "rel"])
+def test_question_mark_after_the_start_of_a_command_lists_the_commands_that_start_so(smc: Smc, typed: str) -> None:
+    expected = help_entries(ok(smc("help")).out, typed)
+    assert len(expected) >= 2, typed
+    assert ok(smc(f"{typed} ?")).lines == expected
+    assert ok(smc(f"{typed.upper()} ?")).lines == expected
+    assert ok(smc(f"{typed} ?", json=True)).json == {"message": "\n".join(expected)}
+
+
+def test_a_bare_question_mark_is_help(smc: Smc) -> None:
+    assert ok(smc("?")).out == ok(smc("help")).out
+    assert ok(smc("show token ?")).lines == help_entries(ok(smc("help")).out, "show token")[:1]  # a command: its entry
+
+
 def test_question_mark_after_a_wrong_command(smc: Smc) -> None:
     with state_unchanged():
         fails(smc("frobnicate ?"), 2, "Unknown command 'frobnicate'")

@@ -73,7 +73,7 @@ def run_line_here(
     from moreh_tools.smclient import registry
     from moreh_tools.smclient.args import UsageError, split_line
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
-    from moreh_tools.smclient.output import Message, to_json
+    from moreh_tools.smclient.output import Message, Output, to_json
     from state.errors import StateError
 
     out = out or sys.stdout
@@ -85,17 +85,13 @@ def run_line_here(
     if not words:
         return EXIT_OK
     try:
-        if words[-1] == "?":
-            cmd, rest = registry.resolve(words[:-1])
-            if rest:
-                raise UsageError(f"Unknown command '{' '.join(words[:-1])}'. Did you mean '{cmd.name} ?'")
-            entry = cmd.help_entry()
-            print(to_json(Message(entry)) if json_output else entry, file=out)
-            return EXIT_OK
-        cmd, args = registry.resolve(words)
-        registry.check_arg_count(cmd, args)
-        ctx = registry.Context(" ".join(words), json_output=json_output, store=store)
-        result = cmd.handler(ctx, args)
+        if words[-1] == "?":  # 'COMMAND ?', 'update token ?', '?': printed below, like any result
+            result: Output = Message(registry.help_for(words[:-1]))
+        else:
+            cmd, args = registry.resolve(words)
+            registry.check_arg_count(cmd, args)
+            ctx = registry.Context(" ".join(words), json_output=json_output, store=store)
+            result = cmd.handler(ctx, args)
     except (ExitRequested, ClearRequested):
         raise
     except UsageError as exc:
