@@ -360,6 +360,22 @@ def test_piped_lines_run_one_per_line_and_failures_do_not_stop_the_rest(smc: Smc
     assert (record["priority"], record["env"], record["description"]) == (7, {"A": "1"}, "after the failures")
 
 
+def test_repeated_command_options_run_every_line_in_order(smc: Smc) -> None:
+    done = run_console("-c", "create token first", "--command", "create token second")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert len(done.stdout.splitlines()) == 2
+    done = run_console("-c", "get token nosuch", "-c", "create token third", "-c", "show tokn")
+    assert done.returncode == 1  # as for piped lines: 1 when any line failed, whatever the cause
+    assert done.stderr.splitlines() == [
+        "Error: Token 'nosuch' not found; list tokens with 'show token'.",
+        "Error: Unknown command 'show tokn'. Did you mean 'show token'? Type 'help' for the list.",
+    ]
+    done = run_console("-c", "create token fourth", "-c", "q", "-c", "create token never")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["first", "second", "third", "fourth"]
+    assert "repeat it to run several lines" in " ".join(run_console("--help").stdout.split())
+
+
 def test_piped_lines_stop_at_q_and_succeed_with_exit_0(smc: Smc) -> None:
     done = run_console(stdin="create token first\nq\ncreate token never\n")
     assert (done.returncode, done.stderr) == (0, "")

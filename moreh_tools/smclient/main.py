@@ -37,7 +37,16 @@ def _parser() -> argparse.ArgumentParser:
             "Example: moreh_smclient --command 'show token'   (state directory: $MOREH_HOME)"
         ),
     )
-    parser.add_argument("--command", "-c", metavar="LINE", help="run one console line and exit")
+    parser.add_argument(
+        "--command",
+        "-c",
+        metavar="LINE",
+        action="append",
+        help=(
+            "run one console line and exit with its status; repeat it to run several lines in order, as piped "
+            "lines run: each runs even if one before it failed, 'q' stops, and the exit status is 1 when any failed"
+        ),
+    )
     parser.add_argument("--json", action="store_true", help="print show/get results as JSON")
     parser.add_argument("--version", action="version", version=f"moreh_smclient (moreh-tools) {__version__}")
     return parser
@@ -207,9 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
 
     try:
-        if ns.command is not None:
+        if ns.command is not None and len(ns.command) > 1:
+            code = _run_lines(ns.command, ns.json)
+        elif ns.command is not None:
             try:
-                code = run_line(ns.command, json_output=ns.json)
+                code = run_line(ns.command[0], json_output=ns.json)
             except (ExitRequested, ClearRequested):
                 code = EXIT_OK
         elif not sys.stdin.isatty():
