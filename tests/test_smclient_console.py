@@ -327,7 +327,37 @@ def test_json_messages_and_errors(smc: Smc) -> None:
         "message": "Create Backend Success (id : 1)",
         "id": 1,
     }
-    fails(smc("get token nosuch", json=True), 1, "Token 'nosuch' not found")  # stdout stays empty
+
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "message"),
+    [
+        ("get token nosuch", 1, "Token 'nosuch' not found; list tokens with 'show token'."),
+        ("show tokn", 2, "Unknown command 'show tokn'. Did you mean 'show token'? Type 'help' for the list."),
+        ("show history abc", 2, "The count of history must be an integer, not 'abc': type it with the digits 0-9."),
+        ("create token 'unclosed", 2, "Cannot read the line (No closing quotation): close every quote you open."),
+    ],
+)
+def test_json_errors_are_a_json_object_on_stdout_and_one_line_on_stderr(
+    smc: Smc, line: str, code: int, message: str
+) -> None:
+    with state_unchanged():
+        result = smc(line, json=True)
+    assert result.code == code
+    assert result.json == {"error": message, "exit_code": code}
+    assert result.err == f"Error: {message}\n"
+
+
+def test_piped_json_lines_print_one_json_document_each(smc: Smc) -> None:
+    done = run_console("--json", stdin="show backendgroup\nget token nosuch\n")
+    assert done.returncode == 1
+    decoder = json.JSONDecoder()
+    first, end = decoder.raw_decode(done.stdout)
+    second, _ = decoder.raw_decode(done.stdout[end:].lstrip())
+    assert first == [{"id": 0, "name": "default_backend_group", "backends": []}]
+    assert second == {"error": "Token 'nosuch' not found; list tokens with 'show token'.", "exit_code": 1}
+    assert done.stderr == "Error: Token 'nosuch' not found; list tokens with 'show token'.\n"
 
 
 # -- piped stdin and the REPL (real processes) -------------------------------------------------

@@ -86,11 +86,21 @@ def run_line_here(
     from state.errors import StateError
 
     out = out or sys.stdout
+
+    def failed(message: str, code: int) -> int:
+        """One ``Error:`` line on stderr and, with --json, the same as a JSON object on stdout."""
+        _error(message, err)
+        if json_output:
+            from moreh_tools.messages import one_line
+            from moreh_tools.smclient.output import error_json
+
+            print(error_json(one_line(message), code), file=out)
+        return code
+
     try:
         words = split_line(line)
     except ValueError as exc:
-        _error(f"Cannot read the line ({exc}): close every quote you open.", err)
-        return EXIT_USAGE
+        return failed(f"Cannot read the line ({exc}): close every quote you open.", EXIT_USAGE)
     if not words:
         return EXIT_OK
     try:
@@ -104,19 +114,17 @@ def run_line_here(
     except (ExitRequested, ClearRequested):
         raise
     except UsageError as exc:
-        _error(str(exc), err)
-        return EXIT_USAGE
+        return failed(str(exc), EXIT_USAGE)
     except StateError as exc:
-        _error(str(exc), err)
-        return EXIT_FAILED
+        return failed(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
-        _error("Interrupted; nothing was changed by the interrupted command.", err)
-        return EXIT_INTERRUPTED
+        return failed("Interrupted; nothing was changed by the interrupted command.", EXIT_INTERRUPTED)
     except Exception as exc:  # never a traceback for the user; MOREH_DEBUG=1 shows it
         if os.environ.get("MOREH_DEBUG"):
             raise
-        _error(f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.", err)
-        return EXIT_INTERNAL
+        return failed(
+            f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.", EXIT_INTERNAL
+        )
     if result is not None:
         print(to_json(result) if json_output else result.as_text(), file=out)
     return EXIT_OK
