@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from state.records import Event
+
+_COMMAND_LINE: ContextVar[str | None] = ContextVar("moreh_command_line", default=None)
+
+
+@contextmanager
+def command_line(line: str) -> Iterator[None]:
+    """Log ``line`` as the command of every event recorded inside the block (in this thread or task).
+
+    A console line may call helpers that open transactions of their own with a fixed reason
+    (``release 7`` ends jobs through ``jobs.control.release_jobs``, whose transactions say "release");
+    inside this block their events still carry the whole line the admin typed.
+    """
+    reset = _COMMAND_LINE.set(line)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(reset)
 
 
 class EventLog:
     """Appends and lists events. Appends are part of the caller's transaction."""
 
     def __init__(self, conn: Any, command: str) -> None:
-        """Bind to an open connection; ``command`` is the command line that caused the changes."""
+        """Bind to an open connection; ``command`` is the command line that caused the changes.
+
+        Inside :func:`command_line` the line given there is the command instead.
+        """
         self.conn = conn
-        self.command = command
+        self.command = _COMMAND_LINE.get() or command
 
     def record(self, action: str, detail: str, token: str = "") -> None:
         """Append one event (atomic with the surrounding transaction)."""

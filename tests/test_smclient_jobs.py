@@ -451,6 +451,26 @@ def test_release_all_ends_every_job(smc: Smc, store: StateStore, jobs: Jobs) -> 
     ok(smc("release all"), "Release All Device success. (no job to release)")
 
 
+def test_release_events_carry_the_whole_line_and_no_exit_none(smc: Smc, store: StateStore, jobs: Jobs) -> None:
+    token = make_token(store)
+    running, _ = (jobs.start(token, make_sda(store, token, LARGE)) for _ in range(2))  # every device taken
+    waiting = jobs.queue(token, make_sda(store, token, SMALL))
+    for job_id in (waiting, running.id):
+        ok(smc(f"release  {job_id}   # typed by the admin"))
+    events = ok(smc("show eventlog 100", json=True)).json
+    ended = [(e["action"], e["command"], e["detail"]) for e in events if e["action"] in ("RELEASE_JOB", "END_JOB")]
+    assert ended == [
+        ("RELEASE_JOB", f"release {waiting}", f"id={waiting} status=QUEUED"),
+        ("END_JOB", f"release {waiting}", f"id={waiting} reason=released"),
+        ("RELEASE_JOB", f"release {running.id}", f"id={running.id} status=RUNNING"),
+        ("END_JOB", f"release {running.id}", f"id={running.id} reason=released"),
+    ]
+    assert not [e for e in events if "None" in e["detail"]]
+    shown = "\n".join(ok(smc("show eventlog 4")).lines)
+    assert f"|  release {running.id}  |" in shown
+    assert "exit=None" not in shown
+
+
 def test_release_errors_change_nothing(smc: Smc, store: StateStore, jobs: Jobs) -> None:
     token = make_token(store)
     other = make_token(store, "other")

@@ -84,6 +84,7 @@ def run_line_here(
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
     from moreh_tools.smclient.output import Message, Output, to_json
     from state.errors import StateError
+    from state.events import command_line
 
     out = out or sys.stdout
 
@@ -110,7 +111,8 @@ def run_line_here(
             cmd, args = registry.resolve(words)
             registry.check_arg_count(cmd, args)
             ctx = registry.Context(" ".join(words), json_output=json_output, store=store)
-            result = cmd.handler(ctx, args)
+            with command_line(ctx.line):  # helpers' own transactions (release) log the admin's line too
+                result = cmd.handler(ctx, args)
     except (ExitRequested, ClearRequested):
         raise
     except UsageError as exc:
