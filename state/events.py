@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -10,6 +13,23 @@ if TYPE_CHECKING:
 
 _COLUMNS = "id, time, action, token, command, detail, origin"
 
+_COMMAND_LINE: ContextVar[str | None] = ContextVar("moreh_command_line", default=None)
+
+
+@contextmanager
+def command_line(line: str) -> Iterator[None]:
+    """Log ``line`` as the command of every event recorded inside the block (in this thread or task).
+
+    A console line may call helpers that open transactions of their own with a fixed reason
+    (``release 7`` ends jobs through the release service, whose transactions say "release 7");
+    inside this block their events still carry the whole line the admin typed.
+    """
+    reset = _COMMAND_LINE.set(line)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(reset)
+
 
 class EventLog:
     """Appends and lists events. Appends are part of the caller's transaction."""
@@ -17,7 +37,7 @@ class EventLog:
     def __init__(self, session: Session, command: str, origin: str = "") -> None:
         """Bind to a session; ``command`` is the command line that caused the changes, ``origin`` who sent it."""
         self.s = session
-        self.command = command
+        self.command = _COMMAND_LINE.get() or command  # inside command_line(): the line the admin typed
         self.origin = origin
 
     def record(self, action: str, detail: str, token: str = "") -> None:

@@ -305,7 +305,8 @@ class JobRepository:
         self.s.execute("DELETE FROM job_devices WHERE job_id = ?", [job_id])
         self.s.execute("DELETE FROM job_processes WHERE job_id = ?", [job_id])
         self.s.execute("DELETE FROM jobs WHERE id = ?", [job_id])
-        self.s.events.record("END_JOB", f"id={job_id} reason={reason} exit={exit_code}", job.token)
+        ended = f"id={job_id} reason={reason}" + ("" if exit_code is None else f" exit={exit_code}")
+        self.s.events.record("END_JOB", ended, job.token)
         return self.history_entry(job_id)
 
     def request_release(self, job_id: int, detail: str = "") -> Job:

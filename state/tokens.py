@@ -32,6 +32,20 @@ def new_token_value() -> str:
             return value
 
 
+# What a token looks like, loosely enough to catch a mistyped one: 20 to 28 characters of the base64
+# alphabets (tokens are 24, see new_token_value; the seeds' real MCP tokens are standard base64).
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_+/=-]{20,28}")
+
+
+def looks_like_token(value: str) -> bool:
+    """Whether ``value`` has a token's shape (a token, or one mistyped by a character or two).
+
+    A description is free text and rarely is 20 to 28 characters of base64 with no space; the console
+    uses this to refuse an unknown token instead of quietly taking it for a description.
+    """
+    return _TOKEN_LIKE.fullmatch(value) is not None
+
+
 def check_env_name(name: str) -> str:
     """Return ``name`` if it is a valid environment variable name."""
     if not _ENV_NAME.match(name):

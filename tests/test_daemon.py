@@ -48,11 +48,23 @@ def once() -> subprocess.CompletedProcess[str]:
     return subprocess.run([SDAMANAGER, "--once"], capture_output=True, text=True, timeout=30)
 
 
+def running_pid(token: str) -> int | None:
+    """The pid recorded for the token's job once the job is RUNNING (None before)."""
+    from state.store import StateStore
+
+    with StateStore().reading() as s:
+        jobs = s.jobs.of_token(token)
+    return jobs[0].pid if len(jobs) == 1 and jobs[0].status == "RUNNING" else None
+
+
 def orphan_job(token: str, pids: Path) -> tuple[int, int]:
     """Start a job, then SIGKILL its guardian and its moreh-run: nobody is left to end it. Return its pids."""
     launcher = start(PY, "-c", SLEEPER, str(pids), token=token)
-    wait_until(pids.exists, what="the job to start")
+    wait_until(pids.exists, what="the job's command to start")
     child, grandchild = map(int, pids.read_text().split())
+    # moreh-run records the job RUNNING (with the command's pid) only after the command started, so the pid
+    # file can come first; killed before that record, moreh-run would leave a SUBMITTED job behind.
+    wait_until(lambda: running_pid(token) == child, what="moreh-run to record the job RUNNING")
     [guardian] = [p for p in psutil.Process(launcher.pid).children() if p.pid != child]
     guardian.kill()
     launcher.kill()

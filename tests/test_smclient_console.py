@@ -105,6 +105,33 @@ def test_question_mark_prints_the_commands_help_entry(smc: Smc) -> None:
     assert ok(smc("CREATE SDA ?")).out == ok(smc("create sda ?")).out
 
 
+def help_entries(listing: str, prefix: str) -> list[str]:
+    """The lines of the ``help`` listing for every command whose name starts with ``prefix``."""
+    lines = listing.splitlines()
+    picked: list[str] = []
+    for n, line in enumerate(lines):
+        entry = ENTRY.match(line)
+        if entry and entry["name"].strip().startswith(prefix):
+            picked.append(line)
+            if n + 1 < len(lines) and USAGE.match(lines[n + 1]):
+                picked.append(lines[n + 1])
+    return picked
+
+
+@pytest.mark.parametrize("typed", ["update token", "show", "show tok", "delete", "update sdamodelgroup", "rel"])
+def test_question_mark_after_the_start_of_a_command_lists_the_commands_that_start_so(smc: Smc, typed: str) -> None:
+    expected = help_entries(ok(smc("help")).out, typed)
+    assert len(expected) >= 2, typed
+    assert ok(smc(f"{typed} ?")).lines == expected
+    assert ok(smc(f"{typed.upper()} ?")).lines == expected
+    assert ok(smc(f"{typed} ?", json=True)).json == {"message": "\n".join(expected)}
+
+
+def test_a_bare_question_mark_is_help(smc: Smc) -> None:
+    assert ok(smc("?")).out == ok(smc("help")).out
+    assert ok(smc("show token ?")).lines == help_entries(ok(smc("help")).out, "show token")[:1]  # a command: its entry
+
+
 def test_question_mark_after_a_wrong_command(smc: Smc) -> None:
     with state_unchanged():
         fails(smc("frobnicate ?"), 2, "Unknown command 'frobnicate'")
@@ -155,9 +182,85 @@ def test_unclosed_quotes_blank_lines_and_comments(smc: Smc) -> None:
     assert ok(smc(f"get token {token}", json=True)).json[0]["description"] == "commented"
 
 
+def test_a_hash_begins_a_comment_only_at_the_start_of_a_word(smc: Smc, new_token: NewToken) -> None:
+    token = new_token("env-holder")
+    ok(smc(f"add token env {token} URL http://host/#frag"))
+    ok(smc(f"add token env {token} TAG a#b   # the rest is a comment"))
+    assert ok(smc(f"get token {token}", json=True)).json[0]["env"] == {"URL": "http://host/#frag", "TAG": "a#b"}
+    described = {
+        "create token team#3": "team#3",
+        "create token team #3": "team",
+        "create token 'team #3'": "team #3",
+        "create token team\\ #3": "team #3",
+        "create token \"it's\"#1": "it's#1",
+        "create token 'a'#b": "a#b",
+        "create token #x\n'quoted'": "quoted",  # a comment ends with its line
+    }
+    for line, description in described.items():
+        created = token_of(ok(smc(line)))
+        assert ok(smc(f"get token {created}", json=True)).json[0]["description"] == description, line
+
+
+def test_the_comment_rule_is_told_in_help_and_in_the_console_banner(moreh_home: Path) -> None:
+    done = run_console("--help")
+    assert "a '#' at the start of a word begins a comment" in " ".join(done.stdout.split())
+    code, screen = run_repl([b"q\n"], moreh_home)
+    assert code == 0
+    assert "A '#' at the start of a word begins a comment, as in a shell ('team#3' is one word" in screen
+
+
 @pytest.mark.parametrize("line", ["exit", "quit", "q", "clear"])
 def test_exit_and_clear_do_nothing_with_command(smc: Smc, line: str) -> None:
     assert ok(smc(line)).out == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "needles"),
+    [
+        ("show history abc", ("count of history must be an integer, not 'abc'",)),
+        ("get job feid 99999999999999999", ("frontend id 99999999999999999 is out of range", "2147483647")),
+        ("delete usergroup 1 maybe", ("force delete flag must be true or false, not 'maybe'",)),
+        ("update sdamodelgroup list 1 1,,2", ("has an empty item",)),
+        ("show usage 2024-01-01 noon 2024-01-02 00:00:00", ("begin time 'noon' is not a time", "hh:mm:ss")),
+    ],
+)
+def test_an_argument_that_is_not_of_its_kind_is_bad_usage_exit_2(
+    rejects: Callable[..., str], line: str, needles: tuple[str, ...]
+) -> None:
+    rejects(line, 2, *needles)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "create token d ٣",  # an Arabic-Indic three
+        "create token d 1_0",
+        "create token d +5",
+        "create token d ' 5'",
+        "create token d ５",  # a fullwidth five
+        "show eventlog ２",
+        "show usage ٢٠٢٤-01-01 00:00:00 2024-01-02 00:00:00",
+        "show usage 2024-01-01 0٩:00:00 2024-01-02 00:00:00",
+    ],
+)
+def test_numbers_are_ascii_digits_only(rejects: Callable[..., str], line: str) -> None:
+    message = rejects(line, 2)
+    assert "digits 0-9" in message or "YYYY-MM-DD" in message or "hh:mm:ss" in message, message
+
+
+def test_ascii_numbers_with_a_minus_still_work(smc: Smc) -> None:
+    token = token_of(ok(smc("create token d -5")))
+    ok(smc(f"update token priority {token} 007"))
+    assert ok(smc(f"get token {token}", json=True)).json[0]["priority"] == 7
+    # Not a frontend id in ASCII digits, so 'release' reads it as a token.
+    fails(smc("release ٣"), 1, "Token '٣' not found")
+
+
+def test_a_well_formed_request_the_state_refuses_is_exit_1(rejects: Callable[..., str], new_token: NewToken) -> None:
+    token = new_token()
+    rejects("get job feid 2147483647", 1, "Job 2147483647 is not in the queue")
+    rejects(f"update token priority {token} 100", 1, "priority 100 is out of range", "-99 to 99")
+    rejects("delete usergroup 7 true", 1, "not found")
 
 
 def test_an_internal_error_is_one_line_and_exit_3(smc: Smc, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -224,7 +327,37 @@ def test_json_messages_and_errors(smc: Smc) -> None:
         "message": "Create Backend Success (id : 1)",
         "id": 1,
     }
-    fails(smc("get token nosuch", json=True), 1, "Token 'nosuch' not found")  # stdout stays empty
+
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "message"),
+    [
+        ("get token nosuch", 1, "Token 'nosuch' not found; list tokens with 'show token'."),
+        ("show tokn", 2, "Unknown command 'show tokn'. Did you mean 'show token'? Type 'help' for the list."),
+        ("show history abc", 2, "The count of history must be an integer, not 'abc': type it with the digits 0-9."),
+        ("create token 'unclosed", 2, "Cannot read the line (No closing quotation): close every quote you open."),
+    ],
+)
+def test_json_errors_are_a_json_object_on_stdout_and_one_line_on_stderr(
+    smc: Smc, line: str, code: int, message: str
+) -> None:
+    with state_unchanged():
+        result = smc(line, json=True)
+    assert result.code == code
+    assert result.json == {"error": message, "exit_code": code}
+    assert result.err == f"Error: {message}\n"
+
+
+def test_piped_json_lines_print_one_json_document_each(smc: Smc) -> None:
+    done = run_console("--json", stdin="show backendgroup\nget token nosuch\n")
+    assert done.returncode == 1
+    decoder = json.JSONDecoder()
+    first, end = decoder.raw_decode(done.stdout)
+    second, _ = decoder.raw_decode(done.stdout[end:].lstrip())
+    assert first == [{"id": 0, "name": "default_backend_group", "backends": []}]
+    assert second == {"error": "Token 'nosuch' not found; list tokens with 'show token'.", "exit_code": 1}
+    assert done.stderr == "Error: Token 'nosuch' not found; list tokens with 'show token'.\n"
 
 
 # -- piped stdin and the REPL (real processes) -------------------------------------------------
@@ -255,6 +388,22 @@ def test_piped_lines_run_one_per_line_and_failures_do_not_stop_the_rest(smc: Smc
     assert f"|  {token}  |  after the failures  |" in out[6]
     record = ok(smc(f"get token {token}", json=True)).json[0]
     assert (record["priority"], record["env"], record["description"]) == (7, {"A": "1"}, "after the failures")
+
+
+def test_repeated_command_options_run_every_line_in_order(smc: Smc) -> None:
+    done = run_console("-c", "create token first", "--command", "create token second")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert len(done.stdout.splitlines()) == 2
+    done = run_console("-c", "get token nosuch", "-c", "create token third", "-c", "show tokn")
+    assert done.returncode == 1  # as for piped lines: 1 when any line failed, whatever the cause
+    assert done.stderr.splitlines() == [
+        "Error: Token 'nosuch' not found; list tokens with 'show token'.",
+        "Error: Unknown command 'show tokn'. Did you mean 'show token'? Type 'help' for the list.",
+    ]
+    done = run_console("-c", "create token fourth", "-c", "q", "-c", "create token never")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [t["description"] for t in ok(smc("show token", json=True)).json] == ["first", "second", "third", "fourth"]
+    assert "repeat it to run several lines" in " ".join(run_console("--help").stdout.split())
 
 
 def test_piped_lines_stop_at_q_and_succeed_with_exit_0(smc: Smc) -> None:
@@ -345,10 +494,18 @@ def test_show_eventlog_shows_the_last_100_events_or_the_count_asked(smc: Smc) ->
         rf"^\|  105  \|  \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d\d  \|  CREATE_TOKEN  \|  {re.escape(tokens[-1])}  \|",
         lines[4],
     )
-    assert ok(smc("show eventlog 0", json=True)).json == []
     with state_unchanged():
-        fails(smc("show eventlog many"), 1, "event count must be an integer, not 'many'")
+        fails(smc("show eventlog many"), 2, "event count must be an integer, not 'many'")
         fails(smc("show eventlog 1 2"), 2, "takes 0 to 1 argument(s), got 2")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["show eventlog 0", "show eventlog -5", "show history 0", "show history device -1", "get history token T 0"],
+)
+def test_every_count_argument_must_be_positive(rejects: Callable[..., str], new_token: NewToken, line: str) -> None:
+    token = new_token()
+    rejects(line.replace(" T ", f" {token} "), 2, "must be at least 1, not ", "how many to show")
 
 
 def test_every_change_is_logged_with_its_command_line(smc: Smc, new_token: NewToken) -> None:

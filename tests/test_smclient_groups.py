@@ -109,12 +109,12 @@ def test_usergroup_commands_reject_bad_input(smc: Smc, new_token: NewToken) -> N
         ("create usergroup ''", 1, ("must not be empty",)),
         ("create usergroup g d nosuch", 1, ("Token 'nosuch' not found",)),
         ("create usergroup g d {t},{t}", 1, ("names the same member twice",)),
-        ("create usergroup g d {t},", 1, ("has an empty item",)),
+        ("create usergroup g d {t},", 2, ("has an empty item",)),
         ("create usergroup", 2, ("usages : create usergroup {{name}}",)),
         ("create usergroup a b c d", 2, ("takes 1 to 3 argument(s), got 4",)),
         ("delete usergroup 9", 1, ("User group 9 not found", "show usergroup")),
-        ("delete usergroup x", 1, ("user group id must be an integer, not 'x'",)),
-        ("delete usergroup 1 maybe", 1, ("force delete flag must be true or false",)),
+        ("delete usergroup x", 2, ("user group id must be an integer, not 'x'",)),
+        ("delete usergroup 1 maybe", 2, ("force delete flag must be true or false",)),
         ("update usergroup name 1 ug2", 1, ("A user group named 'ug2' already exists",)),
         ("update usergroup name 9 x", 1, ("User group 9 not found",)),
         ("update usergroup name 1", 2, ("usages : update usergroup name {{user group id}} {{name}}",)),
@@ -128,7 +128,7 @@ def test_usergroup_commands_reject_bad_input(smc: Smc, new_token: NewToken) -> N
         ("remove usergroup 9 {t}", 1, ("User group 9 not found",)),
         ("remove usergroup 1", 2, ("usages : remove usergroup {{user group id}} {{token}}",)),
         ("show usergroup 9", 1, ("User group 9 not found",)),
-        ("show usergroup one", 1, ("user group id must be an integer",)),
+        ("show usergroup one", 2, ("user group id must be an integer",)),
     ]
     check_failures(smc, cases, t=token)
 
@@ -191,10 +191,10 @@ def test_sdamodelgroup_commands_reject_bad_input(smc: Smc) -> None:
     cases: Cases = [
         ("create sdamodelgroup mg1 0", 1, ("SDA model group named 'mg1' already exists (id 1)",)),
         ("create sdamodelgroup g 7", 1, ("Backend group 7 not found",)),
-        ("create sdamodelgroup g x", 1, ("backend group id must be an integer",)),
+        ("create sdamodelgroup g x", 2, ("backend group id must be an integer",)),
         ("create sdamodelgroup g 0 1,999", 1, ("SDA model 999 not found",)),
         ("create sdamodelgroup g 0 1,1", 1, ("names the same member twice",)),
-        ("create sdamodelgroup g 0 1,a", 1, ("SDA model id must be an integer, not 'a'",)),
+        ("create sdamodelgroup g 0 1,a", 2, ("SDA model id must be an integer, not 'a'",)),
         ("create sdamodelgroup g", 2, ("usages : create sdamodelgroup {{name}} {{backend group id}}",)),
         ("delete sdamodelgroup 9", 1, ("SDA model group 9 not found", "show sdamodelgroup")),
         ("update sdamodelgroup name 1 mg2", 1, ("named 'mg2' already exists",)),
@@ -207,7 +207,7 @@ def test_sdamodelgroup_commands_reject_bad_input(smc: Smc) -> None:
         ("add sdamodelgroup 1 999", 1, ("SDA model 999 not found",)),
         ("add sdamodelgroup 9 1", 1, ("SDA model group 9 not found",)),
         ("remove sdamodelgroup 2 1", 1, ("SDA model 1 is not in SDA model group 2",)),
-        ("remove sdamodelgroup 1 x", 1, ("SDA model id must be an integer",)),
+        ("remove sdamodelgroup 1 x", 2, ("SDA model id must be an integer",)),
         ("show sdamodelgroup 9", 1, ("SDA model group 9 not found",)),
     ]
     check_failures(smc, cases)
@@ -277,13 +277,13 @@ def test_membership_commands_reject_bad_input(smc: Smc) -> None:
         ("add membership 9 1", 1, ("User group 9 not found",)),
         ("add membership 1 9", 1, ("SDA model group 9 not found",)),
         ("add membership 1", 2, ("usages : add membership {{user group id}} {{SDAModel group id}}",)),
-        ("add membership x 1", 1, ("user group id must be an integer",)),
+        ("add membership x 1", 2, ("user group id must be an integer",)),
         ("remove membership 3 1", 1, ("User group 3 has no membership with SDA model group 1", "show membership")),
         ("remove membership 1 9", 1, ("SDA model group 9 not found",)),
         ("remove membership 1 2 3", 2, ("takes 2 argument(s), got 3",)),
         ("show membership 9", 1, ("User group 9 not found",)),
         ("show relationship 9", 1, ("User group 9 not found",)),
-        ("show relationship x", 1, ("user group id must be an integer",)),
+        ("show relationship x", 2, ("user group id must be an integer",)),
     ]
     check_failures(smc, cases)
 
@@ -292,3 +292,35 @@ def test_create_usergroup_description_that_is_not_a_clean_list(smc: Smc) -> None
     ok(smc('create usergroup research "Research team, Seoul,"'), "Create Group Success (id : 1)")
     groups = ok(smc("show usergroup", json=True)).json
     assert [(g["name"], g["description"], g["tokens"]) for g in groups] == [("research", "Research team, Seoul,", [])]
+
+
+def test_create_usergroup_refuses_a_token_list_naming_an_unknown_token(smc: Smc, new_token: NewToken) -> None:
+    a, b = new_token("a"), new_token("b")
+    unknown = "dGFlczE2NzY2MDAwNDAzMTk="  # a token's shape (the 000 manual's), but no such token here
+    cases: Cases = [
+        ("create usergroup team {a},{b}x", 1, ("Token '{b}x' not found", "no group was created", "show token")),
+        ("create usergroup team {a},{b_short}", 1, ("Token '{b_short}' not found",)),
+        ("create usergroup team {a},{unknown}", 1, ("Token '{unknown}' not found",)),
+        ("create usergroup team {unknown},{a}x", 1, ("Tokens '{unknown}', '{a}x' not found",)),
+        ("create usergroup team {unknown}", 1, ("Token '{unknown}' not found",)),  # one token: it ends in '='
+        ("create usergroup team {a},,{b}", 2, ("has an empty item",)),
+        ("create usergroup team TEST {a},{b}x", 1, ("Token '{b}x' not found",)),  # 001's form already did this
+    ]
+    check_failures(smc, cases, a=a, b=b, b_short=b[:-1], unknown=unknown)
+    assert "'DESCRIPTION' null" in fails(smc(f"create usergroup team {a},{b}x"), 1)
+    ok(smc(f"create usergroup team {a},{b}"))
+    assert records(smc, "show usergroup") == [{"id": 1, "name": "team", "description": "", "tokens": [a, b]}]
+
+
+def test_create_usergroup_text_that_is_no_token_list_is_the_description(smc: Smc) -> None:
+    for n, description in enumerate(["Seoul, Korea", "alpha,beta", "MachineLearningTeam2024", "TEST", "a=b"]):
+        ok(smc(f"create usergroup g{n} '{description}'"))
+    ok(smc("create usergroup none_of_them null"))
+    assert [(g["description"], g["tokens"]) for g in records(smc, "show usergroup")] == [
+        ("Seoul, Korea", []),
+        ("alpha,beta", []),
+        ("MachineLearningTeam2024", []),
+        ("TEST", []),
+        ("a=b", []),
+        ("", []),
+    ]

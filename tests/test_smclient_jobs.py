@@ -326,7 +326,7 @@ def test_get_job_errors(smc: Smc, store: StateStore, jobs: Jobs) -> None:
     before = dump_state()
     fails(smc("get job feid 999"), 1, "999", "show job")
     fails(smc(f"get job feid {job.id}"), 1, "ended", f"get history feid {job.id}")
-    fails(smc("get job feid abc"), 1, "frontend id", "integer")
+    fails(smc("get job feid abc"), 2, "frontend id", "integer")
     fails(smc("get job feid"), 2, "get job feid {frontend id}")
     fails(smc(f"get job token {lonely}"), 1, lonely, "no job")
     fails(smc("get job token nosuchtoken"), 1, "nosuchtoken", "show token")
@@ -376,7 +376,7 @@ def test_update_job_priority_errors_change_nothing(smc: Smc, store: StateStore, 
     fails(smc(f"update job priority {running.id} 3"), 1, "RUNNING", "QUEUED")
     fails(smc("update job priority 999 3"), 1, "999")
     fails(smc(f"update job priority {running.id} 100"), 1, "100")
-    fails(smc(f"update job priority {running.id} high"), 1, "priority", "integer")
+    fails(smc(f"update job priority {running.id} high"), 2, "priority", "integer")
     fails(smc("update job priority 1"), 2, "update job priority {frontend id} {priority}")
     assert dump_state() == before
 
@@ -451,6 +451,26 @@ def test_release_all_ends_every_job(smc: Smc, store: StateStore, jobs: Jobs) -> 
     ok(smc("release all"), "Release All Device success. (no job to release)")
 
 
+def test_release_events_carry_the_whole_line_and_no_exit_none(smc: Smc, store: StateStore, jobs: Jobs) -> None:
+    token = make_token(store)
+    running, _ = (jobs.start(token, make_sda(store, token, LARGE)) for _ in range(2))  # every device taken
+    waiting = jobs.queue(token, make_sda(store, token, SMALL))
+    for job_id in (waiting, running.id):
+        ok(smc(f"release  {job_id}   # typed by the admin"))
+    events = ok(smc("show eventlog 100", json=True)).json
+    ended = [(e["action"], e["command"], e["detail"]) for e in events if e["action"] in ("RELEASE_JOB", "END_JOB")]
+    assert ended == [
+        ("RELEASE_JOB", f"release {waiting}", f"id={waiting} status=QUEUED"),
+        ("END_JOB", f"release {waiting}", f"id={waiting} reason=released"),
+        ("RELEASE_JOB", f"release {running.id}", f"id={running.id} status=RUNNING"),
+        ("END_JOB", f"release {running.id}", f"id={running.id} reason=released"),
+    ]
+    assert not [e for e in events if "None" in e["detail"]]
+    shown = "\n".join(ok(smc("show eventlog 4")).lines)
+    assert f"|  release {running.id}  |" in shown
+    assert "exit=None" not in shown
+
+
 def test_release_errors_change_nothing(smc: Smc, store: StateStore, jobs: Jobs) -> None:
     token = make_token(store)
     other = make_token(store, "other")
@@ -465,7 +485,7 @@ def test_release_errors_change_nothing(smc: Smc, store: StateStore, jobs: Jobs) 
     fails(smc(f"release {token} {other_sda}"), 1, str(other_sda), "does not belong")
     fails(smc(f"release {token} {idle_sda}"), 1, f"SDA {idle_sda}", "nothing to release")
     fails(smc(f"release {token} 999"), 1, "SDA 999")
-    fails(smc(f"release {token} x"), 1, "SDA ID", "integer")
+    fails(smc(f"release {token} x"), 2, "SDA ID", "integer")
     fails(smc(f"release {job.id} {sda}"), 2, f"release {job.id}")
     fails(smc("release"), 2, "release {[token | fronend id]}")
     fails(smc("release all now"), 2, "release all")
@@ -575,11 +595,11 @@ def test_history_errors(smc: Smc, store: StateStore, jobs: Jobs) -> None:
     waiting_for_nothing = jobs.queue(token, make_sda(store, token, SMALL))
     before = dump_state()
     for line in ("show history 0", "show history -3", "show history device 0", f"get history token {token} 0"):
-        fails(smc(line), 1, "at least 1")
-    fails(smc("show history many"), 1, "integer")
+        fails(smc(line), 2, "at least 1")
+    fails(smc("show history many"), 2, "integer")
     fails(smc("get history feid 999"), 1, "999", "show history")
     fails(smc(f"get history feid {waiting_for_nothing}"), 1, "not ended", f"get job feid {waiting_for_nothing}")
-    fails(smc("get history feid x"), 1, "frontend id")
+    fails(smc("get history feid x"), 2, "frontend id")
     fails(smc("get history token nosuchtoken"), 1, "nosuchtoken")
     fails(smc("show history 1 2"), 2, "show history {count of history : optional}")
     assert dump_state() == before
@@ -628,10 +648,10 @@ def test_usage_counts_device_seconds_per_token(smc: Smc, store: StateStore, jobs
 def test_usage_errors_name_the_expected_format(smc: Smc, store: StateStore) -> None:
     token = make_token(store)
     before = dump_state()
-    fails(smc("show usage 2024/01/01 00:00:00 2024-01-02 00:00:00"), 1, "begin date", "YYYY-MM-DD")
-    fails(smc("show usage 2024-01-01 24:00:00 2024-01-02 00:00:00"), 1, "begin time", "hh:mm:ss")
-    fails(smc("show usage 2024-01-01 00:00:00 2024-02-30 00:00:00"), 1, "end date", "YYYY-MM-DD")
-    fails(smc("show usage 2024-01-01 00:00:00 2024-01-02 noon"), 1, "end time", "hh:mm:ss")
+    fails(smc("show usage 2024/01/01 00:00:00 2024-01-02 00:00:00"), 2, "begin date", "YYYY-MM-DD")
+    fails(smc("show usage 2024-01-01 24:00:00 2024-01-02 00:00:00"), 2, "begin time", "hh:mm:ss")
+    fails(smc("show usage 2024-01-01 00:00:00 2024-02-30 00:00:00"), 2, "end date", "YYYY-MM-DD")
+    fails(smc("show usage 2024-01-01 00:00:00 2024-01-02 noon"), 2, "end time", "hh:mm:ss")
     fails(smc("show usage 2024-01-02 00:00:00 2024-01-01 00:00:00"), 1, "end", "after")
     fails(smc("show usage 2024-01-01 00:00:00 2024-01-02 00:00:00 nosuchtoken"), 1, "nosuchtoken")
     fails(smc("show usage 2024-01-01 00:00:00"), 2, "{begin date [YYYY-MM-DD]}")

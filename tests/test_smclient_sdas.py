@@ -114,8 +114,8 @@ def test_create_sda_rejects_bad_input(smc: Smc, new_token: NewToken) -> None:
         ("create sda nosuch d 1", 1, ("Token 'nosuch' not found",)),
         ("create sda {t} d 999", 1, ("Neither 'd' nor '999' is an SDA model id", "show sdamodel")),
         ("create sda {t} d 999 1", 1, ("SDA model 999 not found",)),
-        ("create sda {t} d x 1", 1, ("SDA model id must be an integer, not 'x'",)),
-        ("create sda {t} d 1 x", 1, ("SDA model group id must be an integer",)),
+        ("create sda {t} d x 1", 2, ("SDA model id must be an integer, not 'x'",)),
+        ("create sda {t} d 1 x", 2, ("SDA model group id must be an integer",)),
         ("create sda {t} d 1 7", 1, ("SDA model group 7 not found",)),
         ("create sda {t} d 2 1", 1, ("SDA model 2 is not in SDA model group 1", "add sdamodelgroup 1 2")),
         ("create sda {t} d", 2, ("usages : create sda {{token}} {{description}} {{SDAModel ID}}",)),
@@ -222,13 +222,13 @@ def test_update_sda_rejects_bad_input(smc: Smc, new_token: NewToken) -> None:
         ("update sda nosuch 1", 1, ("Token 'nosuch' not found",)),
         ("update sda {e} 1", 1, ("has no SDA", "create sda")),
         ("update sda {t} 999", 1, ("SDA model 999 not found",)),
-        ("update sda {t} two", 1, ("SDA model id must be an integer, not 'two'",)),
+        ("update sda {t} two", 2, ("SDA model id must be an integer, not 'two'",)),
         ("update sda {t} 1 9", 1, ("SDA model group 9 not found",)),
         ("update sda {t}", 2, ("usages : update sda {{token}} {{SDAModel ID}}",)),
         ("update sda id {t} 2 3", 1, ("SDA 2 is reserved",)),
         ("update sda id {t} 3 3", 1, ("SDA 3 does not belong to token '{t}'",)),
         ("update sda id {t} 99 3", 1, ("SDA 99 not found",)),
-        ("update sda id {t} x 3", 1, ("SDA ID must be an integer",)),
+        ("update sda id {t} x 3", 2, ("SDA ID must be an integer",)),
         ("update sda id {t} 1", 2, ("takes 3 to 4 argument(s), got 2",)),
     ]
     check_failures(smc, cases, t=token, e=empty)
@@ -275,7 +275,7 @@ def test_delete_sda_rejects_bad_input(smc: Smc, new_token: NewToken) -> None:
         ("delete sda nosuch", 1, ("Token 'nosuch' not found",)),
         ("delete sda {e}", 1, ("Token '{e}' has no SDA to delete",)),
         ("delete sda {t} 2", 1, ("SDA 2 does not belong to token '{t}'",)),
-        ("delete sda {t} x", 1, ("SDA ID must be an integer",)),
+        ("delete sda {t} x", 2, ("SDA ID must be an integer",)),
         ("delete sda", 2, ("usages : delete sda {{token}} {{SDA ID : optional}}",)),
         ("delete sda {t} 1 2", 2, ("takes 1 to 2 argument(s), got 3",)),
     ]
@@ -322,11 +322,11 @@ def test_sdamodel_commands_reject_bad_input(smc: Smc, new_token: NewToken) -> No
         ("create sdamodel Small.64GB 1", 1, ("An SDA model named 'Small.64GB' already exists",)),
         ("create sdamodel tiny 0", 1, ("Device count 0 is out of range",)),
         ("create sdamodel tiny 4097", 1, ("Device count 4097 is out of range",)),
-        ("create sdamodel tiny many", 1, ("device count must be an integer, not 'many'",)),
+        ("create sdamodel tiny many", 2, ("device count must be an integer, not 'many'",)),
         ("create sdamodel tiny", 2, ("usages : create sdamodel {{name}} {{devices}}",)),
         ("delete sdamodel 2", 1, ("SDA model 2 is used by 1 SDA(s)", "update sda")),
         ("delete sdamodel 99", 1, ("SDA model 99 not found",)),
-        ("delete sdamodel x", 1, ("SDA model id must be an integer",)),
+        ("delete sdamodel x", 2, ("SDA model id must be an integer",)),
         ("delete sdamodel", 2, ("usages : delete sdamodel {{SDAModel ID}}",)),
         ("show sdamodel nosuch", 1, ("Token 'nosuch' not found",)),
         ("show sdamodel a b", 2, ("takes 0 to 1 argument(s), got 2",)),
@@ -356,4 +356,4 @@ def test_create_sda_with_a_non_ascii_digit_is_one_clear_line(smc: Smc, new_token
     token = new_token()
     with state_unchanged():
         for line in (f"create sda {token} ² d", f"create sda {token} d ²", f"create resv_sda {token} ² d"):
-            fails(smc(line), 1, "is an SDA model id", "show sdamodel")
+            fails(smc(line), 2, "is an SDA model id", "show sdamodel")

@@ -219,9 +219,9 @@ class Terminal:
             os.execv(argv[0], argv)
         self.screen = ""
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+    def wait_for(self, text: str, timeout: float = 20.0, *, times: int = 1) -> None:
         deadline = time.monotonic() + timeout
-        while text not in self.screen:
+        while self.screen.count(text) < times:
             left = deadline - time.monotonic()
             assert left > 0, f"{text!r} never appeared; the screen was:\n{self.screen}"
             ready, _, _ = select.select([self.fd], [], [], left)
@@ -267,7 +267,8 @@ def test_on_a_terminal_keys_echo_and_ctrl_c_leaves_one_line(user: User) -> None:
     term.type("3\r")
     term.wait_for('switched to  "Large.256GB".')
     term.wait_for("3. Large.256GB  *")
-    term.type("\x03")  # Ctrl-C at the second prompt
+    term.wait_for(PROMPT, times=2)
+    term.type("\x03")  # Ctrl-C at the second prompt, as soon as it shows
     code = term.finish()
     lines = term.screen.replace("\r\n", "\n").splitlines()
     assert code == 130
@@ -275,3 +276,43 @@ def test_on_a_terminal_keys_echo_and_ctrl_c_leaves_one_line(user: User) -> None:
     assert lines[-1] == "Interrupted; nothing more was changed."
     assert "Traceback" not in term.screen
     assert model_of(user) == ("Large.256GB", None)
+
+
+# A Ctrl-C whose handler runs while the prompt's reader is not in a position to notice it: CPython only
+# sets a flag, and a read() that starts (or goes on) after that waits for input that never comes. Here the
+# signal is handled on a second thread, so the reading thread is certainly not interrupted by it.
+LATE_SIGNAL = """
+import signal, sys, threading, time
+from moreh_tools.smi.prompt import ask
+
+prompted = threading.Event()
+
+class Screen:
+    def write(self, text):
+        return sys.stdout.write(text)
+
+    def flush(self):
+        sys.stdout.flush()
+        prompted.set()
+
+def ctrl_c_while_waiting():
+    prompted.wait()
+    time.sleep(0.5)  # the reader is blocked by now
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # handled on this thread, not the reader's
+
+threading.Thread(target=ctrl_c_while_waiting, daemon=True).start()
+try:
+    ask("Pick one: ", lambda answer: answer or None, "Type something.", stdout=Screen())
+except KeyboardInterrupt:
+    print("\\nInterrupted.")
+    sys.exit(130)
+print("\\nNo interrupt.")
+"""
+
+
+def test_the_prompt_on_a_terminal_never_loses_a_ctrl_c_handled_while_it_waits() -> None:
+    term = Terminal([sys.executable, "-c", LATE_SIGNAL])
+    term.wait_for("Pick one: ")
+    code = term.finish(timeout=10.0)
+    assert code == 130
+    assert term.screen.replace("\r\n", "\n").endswith("Pick one: \nInterrupted.\n")

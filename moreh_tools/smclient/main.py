@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shlex
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NoReturn, TextIO
@@ -28,6 +27,7 @@ from moreh_tools.runtime import (
 )
 
 BANNER_2 = f"moreh-tools {__version__}. Type 'help' for the commands, 'COMMAND ?' for one, 'q' to quit."
+COMMENTS = "A '#' at the start of a word begins a comment, as in a shell ('team#3' is one word, 'team #3' is 'team')."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,9 +42,22 @@ def _parser() -> argparse.ArgumentParser:
             "SDA Manager admin console. With no arguments on a terminal it starts an interactive console; "
             "lines piped on stdin run one per line."
         ),
-        epilog="Example: moreh_smclient --command 'show token'   (state directory: $MOREH_HOME)",
+        epilog=(
+            "Lines are split into words as by a shell: quotes group words, and a '#' at the start of a word "
+            "begins a comment ('team#3' is one word). "
+            "Example: moreh_smclient --command 'show token'   (state directory: $MOREH_HOME)"
+        ),
     )
-    parser.add_argument("--command", "-c", metavar="LINE", help="run one console line and exit")
+    parser.add_argument(
+        "--command",
+        "-c",
+        metavar="LINE",
+        action="append",
+        help=(
+            "run one console line and exit with its status; repeat it to run several lines in order, as piped "
+            "lines run: each runs even if one before it failed, 'q' stops, and the exit status is 1 when any failed"
+        ),
+    )
     parser.add_argument("--json", action="store_true", help="print show/get results as JSON")
     parser.add_argument("--version", action="version", version=f"moreh_smclient (moreh-tools) {__version__}")
     return parser
@@ -76,21 +89,27 @@ def run_line(line: str, *, json_output: bool = False, out: TextIO | None = None,
     """
     from moreh_tools.port import ops
     from moreh_tools.runtime import exit_code_of
+    from moreh_tools.smclient.args import split_line
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
     from state.errors import StateError
 
     out = out or sys.stdout
     try:
-        words = shlex.split(line, comments=True)
+        if not split_line(line):  # blank, or only a comment: nothing to send
+            return EXIT_OK
     except ValueError:
-        words = ["?"]  # the line runs anyway: the console says what is wrong with its quoting
-    if not words:
-        return EXIT_OK
+        pass  # the line runs anyway: the console says what is wrong with its quoting
     try:
         result = (port or console_port()).call(ops.CONSOLE, line=line, json=json_output)
-    except StateError as exc:
+    except StateError as exc:  # the line never ran (the state or its server is unreachable, the token refused)
+        code = exit_code_of(exc)
         _error(str(exc))
-        return exit_code_of(exc)
+        if json_output:
+            from moreh_tools.messages import one_line
+            from moreh_tools.smclient.output import error_json
+
+            print(error_json(one_line(str(exc)), code), file=out)
+        return code
     if result.stdout:
         out.write(result.stdout)
     if result.stderr:
@@ -112,47 +131,53 @@ def run_line_here(
 ) -> int:
     """Run one console line against ``service``'s state (where the port runs it: this process or a daemon)."""
     from moreh_tools.smclient import registry
-    from moreh_tools.smclient.args import UsageError
+    from moreh_tools.smclient.args import UsageError, split_line
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
-    from moreh_tools.smclient.output import Message, to_json
+    from moreh_tools.smclient.output import Message, Output, to_json
     from state.errors import StateError
+    from state.events import command_line
 
     out = out or sys.stdout
+
+    def failed(message: str, code: int) -> int:
+        """One ``Error:`` line on stderr and, with --json, the same as a JSON object on stdout."""
+        _error(message, err)
+        if json_output:
+            from moreh_tools.messages import one_line
+            from moreh_tools.smclient.output import error_json
+
+            print(error_json(one_line(message), code), file=out)
+        return code
+
     try:
-        words = shlex.split(line, comments=True)
+        words = split_line(line)
     except ValueError as exc:
-        _error(f"Cannot read the line ({exc}): close every quote you open.", err)
-        return EXIT_USAGE
+        return failed(f"Cannot read the line ({exc}): close every quote you open.", EXIT_USAGE)
     if not words:
         return EXIT_OK
     try:
-        if words[-1] == "?":
-            cmd, rest = registry.resolve(words[:-1])
-            if rest:
-                raise UsageError(f"Unknown command '{' '.join(words[:-1])}'. Did you mean '{cmd.name} ?'")
-            entry = cmd.help_entry()
-            print(to_json(Message(entry)) if json_output else entry, file=out)
-            return EXIT_OK
-        cmd, args = registry.resolve(words)
-        registry.check_arg_count(cmd, args)
-        ctx = registry.Context(" ".join(words), json_output=json_output, service=service)
-        result = cmd.handler(ctx, args)
+        if words[-1] == "?":  # 'COMMAND ?', 'update token ?', '?': printed below, like any result
+            result: Output = Message(registry.help_for(words[:-1]))
+        else:
+            cmd, args = registry.resolve(words)
+            registry.check_arg_count(cmd, args)
+            ctx = registry.Context(" ".join(words), json_output=json_output, service=service)
+            with command_line(ctx.line):  # helpers' own transactions (release) log the admin's line too
+                result = cmd.handler(ctx, args)
     except (ExitRequested, ClearRequested):
         raise
     except UsageError as exc:
-        _error(str(exc), err)
-        return EXIT_USAGE
+        return failed(str(exc), EXIT_USAGE)
     except StateError as exc:
-        _error(str(exc), err)
-        return EXIT_FAILED
+        return failed(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
-        _error("Interrupted; nothing was changed by the interrupted command.", err)
-        return EXIT_INTERRUPTED
+        return failed("Interrupted; nothing was changed by the interrupted command.", EXIT_INTERRUPTED)
     except Exception as exc:  # never a traceback for the user; MOREH_DEBUG=1 shows it
         if os.environ.get("MOREH_DEBUG"):
             raise
-        _error(f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.", err)
-        return EXIT_INTERNAL
+        return failed(
+            f"Internal error ({type(exc).__name__}: {exc}); please report it with the command you ran.", EXIT_INTERNAL
+        )
     if result is not None:
         print(to_json(result) if json_output else result.as_text(), file=out)
     return EXIT_OK
@@ -221,6 +246,7 @@ def repl(json_output: bool, port: Port | None = None) -> int:
     _setup_readline()
     print(f"SDAManager's Client. Connect to {port.describe()}")
     print(BANNER_2)
+    print(COMMENTS)
     print()
     while True:
         try:
@@ -250,9 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
 
     try:
-        if ns.command is not None:
+        if ns.command is not None and len(ns.command) > 1:
+            code = _run_lines(ns.command, ns.json, console_port())
+        elif ns.command is not None:
             try:
-                code = run_line(ns.command, json_output=ns.json, port=console_port())
+                code = run_line(ns.command[0], json_output=ns.json, port=console_port())
             except (ExitRequested, ClearRequested):
                 code = EXIT_OK
         elif not sys.stdin.isatty():

@@ -53,3 +53,8 @@ def to_json(output: Output) -> str:
     """Serialise a command's output as JSON text."""
     payload = {} if output is None else output.as_json()
     return json.dumps(payload, indent=2, ensure_ascii=False, default=str)
+
+
+def error_json(message: str, exit_code: int) -> str:
+    """The JSON object ``--json`` prints on stdout for a line that failed (its ``Error:`` line goes to stderr)."""
+    return json.dumps({"error": message, "exit_code": exit_code}, indent=2, ensure_ascii=False)

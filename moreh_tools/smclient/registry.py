@@ -120,6 +120,29 @@ def listing() -> str:
     return "\n".join(commands[name].help_entry() for name in sorted(commands) if not commands[name].hidden)
 
 
+def help_for(words: list[str]) -> str:
+    """What ``WORDS ?`` prints: the command's entry, every command that starts with the words, or all of them.
+
+    ``create sda ?`` names a command: its entry. ``update token ?`` and ``show tok ?`` name none, so every
+    command whose name starts with what was typed is listed, in the ``help`` format; a bare ``?`` is
+    ``help``. Anything else raises UsageError (an unknown command, or arguments before the ``?``).
+    """
+    commands = load_commands()
+    typed = " ".join(words).lower()
+    exact = commands.get(typed)
+    if exact is not None:
+        return exact.help_entry()
+    if not typed:
+        return listing()
+    starting = [name for name in sorted(commands) if name.startswith(typed) and not commands[name].hidden]
+    if starting:
+        return "\n".join(commands[name].help_entry() for name in starting)
+    cmd, rest = resolve(words)
+    if rest:
+        raise UsageError(f"Unknown command '{' '.join(words)}'. Did you mean '{cmd.name} ?'")
+    return cmd.help_entry()  # not reached: resolve() found no longer name than the words, so 'exact' had it
+
+
 def suggest(words: list[str]) -> str | None:
     """Return the registered command closest to what was typed, if any is close enough."""
     best: tuple[float, str] | None = None

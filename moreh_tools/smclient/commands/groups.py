@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from moreh_tools.grid import Column
-from moreh_tools.smclient.args import to_bool, to_int, to_int_list, to_list
+from moreh_tools.smclient.args import is_null, to_bool, to_int, to_int_list, to_list
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
-from state.errors import InvalidValueError
+from state.errors import NotFoundError
 from state.records import ModelGroup, UserGroup
+from state.tokens import looks_like_token
+
+if TYPE_CHECKING:
+    from state.session import Session
 
 _LIST_HINT = "[token 1,token 2,token 3,...]"
 
@@ -44,15 +50,38 @@ def create_usergroup(ctx: Context, args: list[str]) -> Output:
         if len(args) == 3:  # 001's form: name, description, token list
             description, tokens = args[1], to_list(args[2])
         elif len(args) == 2:
-            try:
-                items = to_list(args[1]) if args[1].strip() else []  # '' is an empty description, not a bad list
-            except InvalidValueError:  # 'Seoul, Korea,' is no token list, so it is the description
-                items = [args[1]]
-            if all(s.tokens.exists(t) for t in items):
-                tokens = items
-            else:
+            listed = _token_list_or_none(s, name, args[1])
+            if listed is None:
                 description = args[1]
+            else:
+                tokens = listed
         return _group_created(s.user_groups.create(name, description, tokens))
+
+
+def _token_list_or_none(s: Session, name: str, text: str) -> list[str] | None:
+    """The second argument of ``create usergroup NAME X``: X's tokens, or None when X is the description.
+
+    X is a token list when every comma-separated item is a token (``null``: none), or when every item
+    looks like a token (:func:`state.tokens.looks_like_token`) and X has a comma or ends with '=' as
+    tokens do; then an unknown token is refused, where taking X for a description would quietly make
+    a group without members. Anything else is the description ('Seoul, Korea', 'TEST', '').
+    """
+    if not text.strip():
+        return None  # '' is an empty description, not a bad list
+    if is_null(text.strip()):
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if all(items) and all(s.tokens.exists(t) for t in items):
+        return items
+    listed = "," in text or text.rstrip().endswith("=")
+    if not listed or not all(looks_like_token(item) for item in items if item):
+        return None
+    tokens = to_list(text)  # a token list with an empty item ('A,,B') is bad usage
+    unknown = ", ".join(f"'{t}'" for t in tokens if not s.tokens.exists(t))
+    raise NotFoundError(
+        f"Token{'s' if ',' in unknown else ''} {unknown} not found, so no group was created; list tokens with "
+        f"'show token' (a description, not tokens: create usergroup {name} 'DESCRIPTION' null)."
+    )
 
 
 @command(

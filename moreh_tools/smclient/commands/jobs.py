@@ -13,11 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from moreh_tools.grid import Column, name_value_grid
-from moreh_tools.smclient.args import UsageError, to_int
+from moreh_tools.smclient.args import UsageError, to_count, to_int
 from moreh_tools.smclient.commands.system import time_text
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
-from state.errors import InvalidValueError, NotFoundError
+from state.errors import NotFoundError
 from state.records import DeviceRef, HistoryEntry, Job, TokenUsage
 
 if TYPE_CHECKING:
@@ -133,10 +133,7 @@ def _queued_job(s: Session, job_id: int, ended: str) -> Job:
 def _count_arg(args: list[str], index: int, what: str) -> int:
     if len(args) <= index:
         return DEFAULT_HISTORY_COUNT
-    count = to_int(args[index], what)
-    if count < 1:
-        raise InvalidValueError(f"The {what} must be at least 1, not {count}.")
-    return count
+    return to_count(args[index], what)
 
 
 # -- the queue --------------------------------------------------------------------------------
@@ -271,7 +268,7 @@ def release(ctx: Context, args: list[str]) -> Output:
     target = args[0]
     sda_id = to_int(args[1], "SDA ID") if len(args) > 1 else None
     with ctx.read() as s:
-        if target.isdigit():
+        if target.isascii() and target.isdigit():  # a frontend id; anything else names a token
             if sda_id is not None:
                 raise UsageError(
                     f"An SDA ID selects among a token's jobs; with a frontend id leave it out: 'release {target}'."
@@ -421,14 +418,19 @@ def get_history_token(ctx: Context, args: list[str]) -> Output:
 
 
 def _moment(date: str, time: str, which: str) -> datetime:
+    # strptime alone would read other scripts' digits ('٢٠٢٤-01-31'); numbers on the console are ASCII.
     try:
+        if not date.isascii():
+            raise ValueError(date)
         day = datetime.strptime(date, "%Y-%m-%d")
     except ValueError:
-        raise InvalidValueError(f"The {which} date '{date}' is not a date: use YYYY-MM-DD, e.g. 2024-01-31.") from None
+        raise UsageError(f"The {which} date '{date}' is not a date: use YYYY-MM-DD, e.g. 2024-01-31.") from None
     try:
+        if not time.isascii():
+            raise ValueError(time)
         clock = datetime.strptime(time, "%H:%M:%S")
     except ValueError:
-        raise InvalidValueError(f"The {which} time '{time}' is not a time: use hh:mm:ss, e.g. 09:30:00.") from None
+        raise UsageError(f"The {which} time '{time}' is not a time: use hh:mm:ss, e.g. 09:30:00.") from None
     return day.replace(hour=clock.hour, minute=clock.minute, second=clock.second)
 
 

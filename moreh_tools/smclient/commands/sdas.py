@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moreh_tools.grid import Column
-from moreh_tools.smclient.args import to_int
+from moreh_tools.smclient.args import UsageError, is_int, to_int
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
 from state.errors import InvalidValueError
@@ -58,7 +58,7 @@ def model_table(models: list[SDAModel]) -> Table:
 
 
 def _is_model(s: Session, value: str) -> bool:
-    if not (value.isascii() and value.isdigit()):  # int() rejects some str.isdigit() digits, such as '²'
+    if not is_int(value):
         return False
     return s.models.exists(int(value))
 
@@ -68,9 +68,10 @@ def _create(ctx: Context, args: list[str], reserved: bool) -> int:
         if len(args) == 3 and not _is_model(s, args[2]) and _is_model(s, args[1]):
             token, model, description, group = args[0], args[1], args[2], None  # older seed order
         elif len(args) == 3 and not _is_model(s, args[2]):
-            raise InvalidValueError(
-                f"Neither '{args[1]}' nor '{args[2]}' is an SDA model id; list models with 'show sdamodel'."
-            )
+            message = f"Neither '{args[1]}' nor '{args[2]}' is an SDA model id; list models with 'show sdamodel'."
+            if not (is_int(args[1]) or is_int(args[2])):
+                raise UsageError(message)  # no number where an SDA model id goes: bad usage, not a missing model
+            raise InvalidValueError(message)
         else:
             token, description, model = args[0], args[1], args[2]
             group = args[3] if len(args) > 3 else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moreh_tools.grid import Column
-from moreh_tools.smclient.args import to_int
+from moreh_tools.smclient.args import to_count
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command, listing
 
@@ -49,9 +49,9 @@ def time_text(value: object) -> str:
 
 @command("show eventlog", "Print list of Event Log list", extra_args=1)
 def show_eventlog(ctx: Context, args: list[str]) -> Output:
-    count = to_int(args[0], "event count") if args else DEFAULT_EVENT_COUNT
+    count = to_count(args[0], "event count") if args else DEFAULT_EVENT_COUNT
     with ctx.read() as s:
-        events = s.events.tail(max(count, 0))
+        events = s.events.tail(count)
     return Table(
         [
             Column("ID", "right"),
