@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,13 @@ from moreh_tools.gpus import GpuHealthEvent, GpuProvider, get_provider
 from moreh_tools.gpus.base import user_name
 from moreh_tools.gpus.simulated import FaultLineError, SimProcess, SimulatedGpuProvider, parse_fault_line
 from scheduler_core.gpu_health import (
+    ForeignVerdict,
     ecc_event,
     find_foreign,
+    judge_foreign,
     lost_event,
     nvml_event,
+    parse_foreign_policy,
     remapped_rows_event,
     retired_pages_event,
     xid_event,
@@ -295,6 +299,11 @@ def test_a_fictional_pid_shows_only_while_said_alive(faults: Path) -> None:
     assert [(p.pid, p.user, p.uid) for p in provider.snapshot()[1].processes] == [(4321, "eve", 1234)]
     living.clear()
     assert provider.snapshot()[1].processes == ()
+    living.add(99)
+    append(faults, {"gpu": 1, "foreign_pid": 99, "memory_mib": 20, "util": 3})
+    device = provider.snapshot()[1]
+    assert [(p.pid, p.used_memory_mib) for p in device.processes] == [(99, 20)]
+    assert (device.util_gpu, device.memory_used_mib) == (3, 20)  # util pins the GPU; memory is the process's
 
 
 def test_fixed_figures_pin_utilisation_and_memory(faults: Path) -> None:
@@ -326,3 +335,31 @@ def test_importing_the_guardian_module_stays_light() -> None:
     code = "import sys, scheduler_core.gpu_health; print(sorted({'pynvml', 'psutil'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_guardian_loop_kills_a_foreign_process_after_its_grace(
+    faults: Path, sleeper: Callable[[], subprocess.Popen[bytes]]
+) -> None:
+    """How the daemon is meant to wire the pieces: snapshot -> find_foreign -> judge_foreign -> kill."""
+    stranger = sleeper()
+    provider = provider_with(faults, count=4)
+    policy = parse_foreign_policy({"MOREH_FOREIGN_POLICY": "kill", "MOREH_FOREIGN_GRACE": "10"})
+    allocation, job_pids = {2: 1}, {1: {os.getpid()}}
+
+    def look(now: float, first_seen: Mapping[int, float]) -> ForeignVerdict:
+        processes = [proc for snap in provider.snapshot() for proc in snap.device_processes()]
+        return judge_foreign(find_foreign(processes, allocation, job_pids), first_seen, policy, now)
+
+    assert look(0.0, {}).first_seen == {}
+    append(faults, {"gpu": 2, "foreign_pid": stranger.pid, "memory_mib": 2048, "user": "mallory"})
+    seen = look(100.0, {})
+    assert [(f.device, f.pid, f.user, f.device_job) for f in seen.new] == [(2, stranger.pid, "mallory", 1)]
+    assert seen.kill == ()
+    due = look(110.0, seen.first_seen)
+    assert due.kill == (stranger.pid,)
+    os.kill(stranger.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while look(111.0, due.first_seen).first_seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    after = look(111.0, due.first_seen)
+    assert (dict(after.first_seen), after.kill) == ({}, ())

@@ -31,7 +31,8 @@ they concern one GPU):
   a pid that ends, e.g. because the guardian killed it, leaves the GPU, as with NVML. ``user`` and
   ``uid`` default to the live process's owner;
 * ``{"gpu": 0, "util": 0, "memory_mib": 0}``: fixed utilisation (%) and/or memory in use (MiB) for
-  GPU 0, whatever its processes (for idle tests); a later line for the same GPU replaces them;
+  GPU 0, whatever its processes (for idle tests); a later line for the same GPU replaces them (on a
+  ``foreign_pid`` line, ``memory_mib`` is the process's, ``util`` still the GPU's);
 * ``{"nvml_failure": "Driver Not Loaded"}`` (or ``true``): NVML fails for the whole host: snapshots
   are empty, ``device_count()`` is 0, health reports one host-level ``nvml`` event; ``false`` ends it.
 
@@ -321,13 +322,12 @@ class FaultState:
             value = getattr(line, name)
             if value is not None:
                 self.flags[(gpu, name)] = value
+        if line.util is not None:
+            self.util[gpu] = line.util
         if line.foreign_pid is not None:
-            self.foreign[(gpu, line.foreign_pid)] = line
-        else:
-            if line.util is not None:
-                self.util[gpu] = line.util
-            if line.memory_mib is not None:
-                self.memory[gpu] = line.memory_mib
+            self.foreign[(gpu, line.foreign_pid)] = line  # its memory_mib is the process's
+        elif line.memory_mib is not None:
+            self.memory[gpu] = line.memory_mib
 
     def flag(self, gpu: int, name: str) -> bool:
         """Whether condition ``name`` is on for ``gpu``."""
