@@ -287,6 +287,16 @@ def test_nvml_failing_is_one_host_event_never_an_exception(fake: FakeNvml, provi
     assert "cannot be used" in event.cause
 
 
+def test_an_unexpected_error_in_the_bindings_fails_the_host_closed(fake: FakeNvml, provider: NvmlGpuProvider) -> None:
+    def broken(handle: Any) -> Any:
+        raise OSError("libnvidia-ml.so.1: bad ELF")
+
+    fake.module.nvmlDeviceGetRemappedRows = broken  # type: ignore[attr-defined]
+    (event,) = provider.health()
+    assert (event.device, event.kind) == (None, "nvml")
+    assert "OSError: libnvidia-ml.so.1: bad ELF" in event.cause
+
+
 def test_gpus_without_xid_events_are_said_once(fake: FakeNvml, provider: NvmlGpuProvider) -> None:
     fake.supported[1] = DBE_EVENT
     fake.fail[(0, "register")] = NOT_SUPPORTED

@@ -261,12 +261,21 @@ class NvmlGpuProvider:
     def health(self) -> list[GpuHealthEvent]:
         """What is wrong now, or since the last call for Xids; never raises (see the module docstring).
 
-        A device that NVML listed when it was initialised and lists no more is ``lost``.
+        A device that NVML listed when it was initialised and lists no more is ``lost``. Anything
+        else going wrong in the read (an unexpected error from the bindings) fails the host closed:
+        one ``nvml`` event.
         """
         try:
             pynvml = self._ensure()
         except GpuUnavailableError as exc:
             return [nvml_event(f"it cannot be used ({exc.reason})")]
+        try:
+            return self._health(pynvml)
+        except Exception as exc:
+            log.debug("health read failed", exc_info=True)
+            return [nvml_event(f"the health read failed ({type(exc).__name__}: {_error_text(exc)})")]
+
+    def _health(self, pynvml: ModuleType) -> list[GpuHealthEvent]:
         with self._health_lock:
             try:
                 count = int(pynvml.nvmlDeviceGetCount())
