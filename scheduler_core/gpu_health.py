@@ -239,7 +239,7 @@ def find_foreign(
 
     Args:
         processes: every process on every GPU of the host (one per (device, pid); repeats are merged,
-            keeping the largest memory).
+            keeping the largest memory, then the one with a known owner, whatever their order).
         allocation: device index -> the job it is allocated to; a device missing here is free.
         job_pids: job id -> the ids of the job's processes (its process tree).
         ignore_pids: processes never reported (e.g. the daemon itself).
@@ -257,7 +257,7 @@ def find_foreign(
     for proc in processes:
         key = (proc.device, proc.pid)
         known = merged.get(key)
-        if known is None or proc.memory_mib > known.memory_mib:
+        if known is None or _richer(proc) > _richer(known):
             merged[key] = proc
     findings: list[Foreign] = []
     for (device, pid), proc in sorted(merged.items()):
@@ -280,6 +280,17 @@ def find_foreign(
             )
         )
     return findings
+
+
+def _richer(proc: DeviceProcess) -> tuple[int, bool, str, bool, int]:
+    """Order of preference among reports of one (device, pid): more memory, then a known owner."""
+    return (
+        proc.memory_mib,
+        proc.user is not None,
+        proc.user or "",
+        proc.uid is not None,
+        proc.uid if proc.uid is not None else 0,
+    )
 
 
 @dataclass(frozen=True)
