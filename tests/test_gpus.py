@@ -18,6 +18,7 @@ from conftest import Smc, ensure_local_backend, ok, sample_into_state
 
 from moreh_tools.gpus import GpuProcess as gpu_process
 from moreh_tools.gpus import GpuProvider, GpuSnapshot, GpuUnavailableError, get_provider, parse_fake_gpus
+from moreh_tools.gpus.base import process_owner, user_name
 from moreh_tools.gpus.simulated import SIMULATED_GPU_NAME, SimProcess, SimulatedGpuProvider
 from state.store import StateStore
 
@@ -29,6 +30,7 @@ MIB = 1024**2
 def _host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOREH_HOSTNAME", "gpuhost")
     monkeypatch.delenv("MOREH_FAKE_GPUS", raising=False)
+    monkeypatch.delenv("MOREH_FAKE_GPU_FAULTS", raising=False)
 
 
 @pytest.fixture
@@ -176,6 +178,37 @@ def test_cuda_visible_devices_by_uuid_and_out_of_range() -> None:
     env = {"MOREH_JOB_ID": "1", "CUDA_VISIBLE_DEVICES": f"{uuid},5"}
     provider = SimulatedGpuProvider(2, 1000, hostname="h", processes=lambda: [SimProcess(5, 0.0, env)], home="")
     assert pids_by_device(provider.snapshot()) == {0: set(), 1: {5}}
+
+
+def test_job_processes_carry_their_owner(children: Callable[..., subprocess.Popen[bytes]]) -> None:
+    provider = SimulatedGpuProvider(2, 8192)
+    job = children(MOREH_JOB_ID="7", CUDA_VISIBLE_DEVICES="1")
+    snapshots = wait_for(lambda: (snaps := provider.snapshot())[1].processes and snaps)
+    assert snapshots
+    (proc,) = snapshots[1].processes
+    assert (proc.pid, proc.uid, proc.user) == (job.pid, os.getuid(), user_name(os.getuid()))
+    (row,) = snapshots[1].device_processes()
+    assert (row.device, row.pid, row.memory_mib, row.uid, row.user) == (
+        1,
+        job.pid,
+        proc.used_memory_mib,
+        proc.uid,
+        proc.user,
+    )
+
+
+def test_process_owner_of_this_process_and_of_no_process() -> None:
+    assert process_owner(os.getpid()) == (os.getuid(), user_name(os.getuid()))
+    assert process_owner(2**31 - 1) == (None, None)
+    assert user_name(os.getuid()) is not None
+    assert user_name(2**31 + 12345) is None
+
+
+def test_every_provider_reads_health_and_warnings() -> None:
+    provider = SimulatedGpuProvider(2, 1024, processes=list)
+    assert isinstance(provider, GpuProvider)
+    assert provider.health() == []
+    assert provider.warnings() == []
 
 
 # -- the local backend ---------------------------------------------------------------------------
@@ -417,6 +450,8 @@ class FakeNvml:
 def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
     fake = FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake.module)
+    # The fake's pids (100, 200, ...) may name real processes of this host: their owners are unknown here.
+    monkeypatch.setattr("moreh_tools.gpus.nvml.process_owner", lambda pid: (None, None))
     return fake
 
 
@@ -453,6 +488,14 @@ def test_nvml_snapshot_reads_every_metric_and_tolerates_unsupported_ones(fake_nv
     provider.close()
     provider.close()
     assert fake_nvml.calls == ["init", "shutdown"]
+
+
+def test_nvml_health_on_a_pynvml_without_health_functions_reports_nothing_wrong(fake_nvml: FakeNvml) -> None:
+    provider = get_provider({"MOREH_FAKE_GPUS": "0"})
+    assert provider.health() == []  # no ECC, retired-page, remapping or event functions: nothing to report
+    (warning,) = provider.warnings()
+    assert "Xid errors are not watched" in warning
+    provider.close()
 
 
 def test_nvml_provider_registers_the_real_devices(fake_nvml: FakeNvml) -> None:

@@ -3,6 +3,9 @@
 These tests need an NVIDIA GPU, its driver and ``nvidia-smi``; elsewhere they are skipped with
 the reason. The process test also needs the CUDA driver library (``libcuda.so.1``, part of the
 driver): it opens a CUDA context from a child through ctypes, so no CUDA toolkit is needed.
+The health read is checked against ``nvidia-smi``'s ECC, retired-page and row-remapping fields;
+its branches (Xids, lost GPUs, NVML failing) are exercised with a fake ``pynvml`` in
+test_gpu_health_nvml.py, since a healthy GPU cannot be made to fail here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import pytest
 from conftest import ensure_local_backend, sample_into_state
 
 from moreh_tools.gpus import GpuProcess, GpuUnavailableError, NvmlGpuProvider, get_provider
+from moreh_tools.gpus.base import user_name
+from scheduler_core.gpu_health import HEALTH_KINDS, find_foreign
 from state.store import StateStore
 
 
@@ -121,8 +126,81 @@ def test_a_process_with_a_cuda_context_shows_up_with_its_memory(nvml: NvmlGpuPro
             reported = {p.pid for p in nvml.snapshot()[0].processes}
             pytest.skip(f"NVML lists pids {sorted(reported)}, not the child's {child.pid} (another PID namespace)")
         assert mine[0].used_memory_mib > 0
+        assert (mine[0].uid, mine[0].user) == (os.getuid(), user_name(os.getuid()))
         smi_pids = {int(pid) for _, pid in smi("--query-compute-apps=gpu_uuid,pid")}
         assert child.pid in smi_pids
+        # No job holds GPU 0: the child is a foreign process, with the owner the guardian needs to act.
+        findings = find_foreign(nvml.snapshot()[0].device_processes(), {}, {}, ignore_pids={os.getpid()})
+        (found,) = [f for f in findings if f.pid == child.pid]
+        assert (found.device, found.kind, found.uid, found.job, found.device_job) == (
+            0,
+            "foreign",
+            os.getuid(),
+            None,
+            None,
+        )
     finally:
         child.kill()
         child.wait()
+
+
+def smi_field(field: str) -> list[str] | None:
+    """One ``--query-gpu`` field per GPU, or None when this nvidia-smi does not know the field."""
+    try:
+        return [row[0] for row in smi(f"--query-gpu={field}")]
+    except subprocess.CalledProcessError:
+        return None
+
+
+def _smi_number(value: str) -> int | None:
+    return int(value) if value.isdigit() else None  # "[N/A]", "N/A", "[Not Supported]"
+
+
+def test_health_agrees_with_nvidia_smi(nvml: NvmlGpuProvider) -> None:
+    events = nvml.health()
+    count = nvml.device_count()
+    for event in events:
+        assert event.kind in HEALTH_KINDS
+        assert event.device is None or 0 <= event.device < count
+        assert event.cause
+        assert "\n" not in event.cause
+    # nvidia-smi answers for every GPU, so none is lost and NVML works.
+    assert [e for e in events if e.kind in ("lost", "nvml")] == []
+    by_kind = {(e.device, e.kind) for e in events}
+    ecc = smi_field("ecc.errors.uncorrected.volatile.total")
+    if ecc is not None:
+        for index, value in enumerate(ecc):
+            number = _smi_number(value)
+            if number is not None:
+                assert ((index, "ecc") in by_kind) == (number > 0), f"GPU {index}: nvidia-smi says {value}"
+    pages = smi_field("retired_pages.pending")
+    if pages is not None:
+        for index, value in enumerate(pages):
+            if value in ("Yes", "No"):
+                assert ((index, "retired_pages") in by_kind) == (value == "Yes")
+    pending, failure = smi_field("remapped_rows.pending"), smi_field("remapped_rows.failure")
+    if pending is not None and failure is not None:
+        for index, (is_pending, failed) in enumerate(zip(pending, failure, strict=True)):
+            if {is_pending, failed} <= {"Yes", "No"}:
+                assert ((index, "remapped_rows") in by_kind) == ("Yes" in (is_pending, failed))
+
+
+def test_xid_events_are_watched_and_reads_never_block(nvml: NvmlGpuProvider) -> None:
+    started = time.monotonic()
+    nvml.health()
+    for _ in range(5):
+        nvml.health()
+    assert time.monotonic() - started < 10  # the event set is drained with timeout 0
+    notices = nvml.warnings()
+    assert nvml.warnings() == []  # each notice once
+    unwatched = [line for line in notices if "Xid errors are not watched" in line]
+    if unwatched:
+        pytest.skip(f"this driver delivers no Xid events here: {unwatched[0]}")
+
+
+def test_health_after_close_opens_nvml_again(nvml: NvmlGpuProvider) -> None:
+    nvml.health()
+    nvml.close()
+    events = nvml.health()
+    assert [e for e in events if e.kind in ("lost", "nvml")] == []
+    assert nvml.device_count() >= 1

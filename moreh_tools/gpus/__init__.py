@@ -8,6 +8,14 @@
 * unset or empty: NVML, falling back to 8 simulated GPUs x 81920 MiB whose ``description`` says
   why NVML could not be used.
 
+Simulated GPUs read their faults from the file ``MOREH_FAKE_GPU_FAULTS`` names (see
+:mod:`moreh_tools.gpus.simulated`); real GPUs ignore that variable.
+
+Every provider answers ``snapshot()`` (figures and processes), ``health()`` (a list of
+:class:`GpuHealthEvent`: what is wrong now, and critical Xids since the last call) and
+``warnings()`` (one-line notices to log, each once). The decisions over them (which Xids count, foreign
+processes, idle jobs) are in the pure module :mod:`scheduler_core.gpu_health`.
+
 Importing this package loads neither ``pynvml`` nor ``psutil``; the providers import them when
 they are created.
 """
@@ -24,6 +32,7 @@ from moreh_tools.gpus.base import (
     DEFAULT_FAKE_GPU_MEMORY_MIB,
     MAX_FAKE_GPU_COUNT,
     MAX_FAKE_GPU_MEMORY_MIB,
+    GpuHealthEvent,
     GpuProcess,
     GpuProvider,
     GpuSnapshot,
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAKE_GPUS_VAR",
+    "FAULTS_VAR",
+    "GpuHealthEvent",
     "GpuProcess",
     "GpuProvider",
     "GpuSnapshot",
@@ -47,6 +58,8 @@ __all__ = [
 ]
 
 FAKE_GPUS_VAR = "MOREH_FAKE_GPUS"
+#: The simulated GPUs' fault file (kept equal to moreh_tools.gpus.simulated.FAULTS_VAR).
+FAULTS_VAR = "MOREH_FAKE_GPU_FAULTS"
 
 _FAKE_FORM = re.compile(r"([0-9]+)(?::([0-9]+))?")
 
@@ -83,13 +96,17 @@ def _open_nvml() -> NvmlGpuProvider:
 
 def get_provider(env: Mapping[str, str] | None = None) -> GpuProvider:
     """The GPU provider that ``env`` (default: ``os.environ``) asks for; see the module docstring."""
-    from_env = (os.environ if env is None else env).get(FAKE_GPUS_VAR, "")
+    environ = os.environ if env is None else env
+    from_env = environ.get(FAKE_GPUS_VAR, "")
+    faults = environ.get(FAULTS_VAR, "").strip() or None
     if from_env.strip():
         fake = parse_fake_gpus(from_env)
         if fake is not None:
             from moreh_tools.gpus.simulated import SimulatedGpuProvider
 
-            return SimulatedGpuProvider(*fake, reason=f"{FAKE_GPUS_VAR}={from_env.strip()} asks for them")
+            return SimulatedGpuProvider(
+                *fake, reason=f"{FAKE_GPUS_VAR}={from_env.strip()} asks for them", faults=faults
+            )
         try:
             return _open_nvml()
         except GpuUnavailableError as exc:
@@ -106,6 +123,7 @@ def get_provider(env: Mapping[str, str] | None = None) -> GpuProvider:
             DEFAULT_FAKE_GPU_COUNT,
             DEFAULT_FAKE_GPU_MEMORY_MIB,
             reason=f"no NVIDIA GPU found (NVML: {exc.reason})",
+            faults=faults,
         )
 
 

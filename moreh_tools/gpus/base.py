@@ -1,15 +1,20 @@
-"""What every GPU provider returns: frozen snapshots, the provider protocol and its one error.
+"""What every GPU provider returns: frozen snapshots, health events, the provider protocol and its one error.
 
 The scheduler, ``moreh-smi`` and the daemon read only these dataclasses, so every test can run
 without a GPU by fabricating snapshots (STYLE lesson 4, nvitop's ``Device.as_snapshot()``).
+:class:`GpuHealthEvent` and the guardian's decisions live in the pure module
+``scheduler_core.gpu_health``; this module re-exports the event.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from scheduler_core.gpu_health import DeviceProcess, GpuHealthEvent
 
 #: Device count and memory of the simulated GPUs used when no NVIDIA GPU is usable.
 DEFAULT_FAKE_GPU_COUNT = 8
@@ -52,10 +57,38 @@ class GpuUnavailableError(Exception):
 
 @dataclass(frozen=True)
 class GpuProcess:
-    """One process holding memory on a device, as NVML reports it."""
+    """One process holding memory on a device, as NVML reports it.
+
+    ``uid`` and ``user`` name the process's owner, looked up in this host's ``/proc`` by pid; None
+    when unknown (the process is gone, or NVML reports pids of another PID namespace).
+    """
 
     pid: int
     used_memory_mib: int
+    uid: int | None = None
+    user: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def user_name(uid: int) -> str | None:
+    """The login name of ``uid``, or None if it has none (or there is no password database)."""
+    try:
+        import pwd
+    except ImportError:  # not on Windows
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def process_owner(pid: int) -> tuple[int | None, str | None]:
+    """(uid, user name) of process ``pid`` from ``/proc/<pid>``; (None, None) if it cannot be told."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except (OSError, ValueError):
+        return None, None
+    return uid, user_name(uid)
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,12 @@ class GpuSnapshot:
             return 0
         return round(100 * self.memory_used_mib / self.memory_total_mib)
 
+    def device_processes(self) -> tuple[DeviceProcess, ...]:
+        """This device's processes as the guardian's :func:`scheduler_core.gpu_health.find_foreign` takes them."""
+        return tuple(
+            DeviceProcess(self.index, proc.pid, proc.used_memory_mib, proc.user, proc.uid) for proc in self.processes
+        )
+
 
 @runtime_checkable
 class GpuProvider(Protocol):
@@ -104,7 +143,22 @@ class GpuProvider(Protocol):
         ...
 
     def snapshot(self) -> list[GpuSnapshot]:
-        """All devices, collected in one pass, ordered by index."""
+        """All devices that answer, collected in one pass, ordered by index; a lost device is left out.
+
+        While NVML fails for the whole host (``health()`` reports a ``nvml`` event) the list may be
+        empty: that says nothing about the jobs' processes.
+        """
+        ...
+
+    def health(self) -> list[GpuHealthEvent]:
+        """What is wrong now (conditions: ECC, retired pages, remapped rows, lost GPUs, NVML failing) or
+        since the last call (critical Xids, each reported once). Never raises: a failure of NVML itself
+        is an event of kind ``nvml`` with ``device`` None. Empty when all is well."""
+        ...
+
+    def warnings(self) -> list[str]:
+        """One-line notices collected since the last call (e.g. a malformed fault-file line, a GPU
+        without Xid events), each reported once; the caller logs them."""
         ...
 
     def close(self) -> None:
