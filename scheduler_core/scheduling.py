@@ -28,7 +28,8 @@ The policy follows the SDA Manager manual, extended with Slurm-style backfill an
 * Jobs that never hold anything up: one that can never fit (it needs more devices than its candidate
   backends have usable, or it has no candidate backend at all), one whose SDA already runs as many
   jobs as it may (one process per SDA unless the token is duplicable), a reserved-SDA job (it only
-  ever uses its own reserved devices), one held back by its group's quota, and borrowed work.
+  ever uses its own reserved devices), one held back by its group's quota, borrowed work, and a
+  job waiting on preemptions (its devices are set aside for it).
 * Quotas (``quotas``, keyed by (user group, backend group)): a job charged to a group
   (``charged_group``) starts within the group's nominal quota, or as *borrowed* work on idle devices
   up to nominal + borrow. A job within its nominal quota that cannot start may reclaim devices from
@@ -360,47 +361,6 @@ def place(
         rest -= len(indexes)
 
 
-def first_fit(
-    free: Mapping[int, Sequence[int]], count: int, backend_sizes: Mapping[int, int]
-) -> tuple[DeviceKey, ...] | None:
-    """Choose ``count`` free devices first-fit: the lowest-id backend that holds them all, on its lowest indexes.
-
-    A job bigger than every backend's free devices first takes whole fully free backends in id order
-    (or, when none is fully free, the lowest-id backend's free devices) until the rest fits on one.
-    Unlike :func:`place`'s best fit, the choice never changes when devices it did not choose stop
-    being free; backfill plans rely on that to stay the same from pass to pass.
-
-    Args:
-        free: backend id -> indexes of its free devices.
-        count: how many devices the job needs (at least 1).
-        backend_sizes: backend id -> how many usable devices the backend has (missing: fully free).
-
-    Returns:
-        The chosen (backend id, device index) pairs, sorted; None when fewer than ``count`` are free.
-
-    Raises:
-        ValueError: ``count`` is less than 1.
-    """
-    if count < 1:
-        raise ValueError(f"a placement needs at least 1 device, not {count}")
-    avail = {b: sorted(set(indexes)) for b, indexes in free.items() if indexes}
-    if sum(len(v) for v in avail.values()) < count:
-        return None
-    chosen: list[DeviceKey] = []
-    rest = count
-    while True:
-        fitting = [b for b, v in avail.items() if len(v) >= rest]
-        if fitting:
-            best = min(fitting)
-            chosen.extend((best, i) for i in avail[best][:rest])
-            return tuple(sorted(chosen))
-        whole = [b for b, v in avail.items() if len(v) >= backend_sizes.get(b, len(v))]
-        taken = min(whole) if whole else min(avail)
-        indexes = avail.pop(taken)
-        chosen.extend((taken, i) for i in indexes)
-        rest -= len(indexes)
-
-
 def reserve(
     backends: Sequence[BackendState],
     count: int,
@@ -437,6 +397,7 @@ def schedule(
     policy: Policy = STRICT,
     quotas: Mapping[tuple[int, int], Quota] = MappingProxyType({}),
     fairshare: Mapping[int, float] | None = None,
+    previous: Sequence[Reservation] = (),
 ) -> Decision:
     """Decide which queued jobs start now, on which devices, why every other job waits, and when it should start.
 
@@ -453,6 +414,9 @@ def schedule(
         quotas: (user group id, backend group id) -> :class:`Quota`; a job charged to a group without a
             quota on its backend group is not limited.
         fairshare: user group id -> fair-share factor, to order jobs of equal priority (see :func:`queue_order`).
+        previous: the reservations of the previous pass (``Decision.reservations``). A job whose plan
+            still holds keeps its planned devices, and starts on them when its time comes; without
+            them every pass plans afresh and an estimate may move when devices are chosen differently.
 
     Returns:
         The allocations in queue order, a one-line reason, a reason code and an expected start for
@@ -477,9 +441,10 @@ def schedule(
             raise ValueError(f"a time limit must be a positive number of seconds, not {limit}")
 
     ordered = queue_order(queue, fairshare)
+    before = {r.job_id: r for r in previous if r.job_id in ids}
     no_borrow: frozenset[int] = frozenset()
     while True:
-        run = _Pass(backends, ordered, active_per_sda, reserved, running, now, policy, quotas, no_borrow)
+        run = _Pass(backends, ordered, active_per_sda, reserved, running, now, policy, quotas, no_borrow, before)
         decision = run.run()
         # Borrowed work started in a backend group where the same pass reclaims devices would be
         # preempted again soon (or would take what the reclaim needs): run the pass again with
@@ -504,8 +469,10 @@ class _Pass:
         policy: Policy,
         quotas: Mapping[tuple[int, int], Quota],
         no_borrow: frozenset[int],
+        previous: Mapping[int, Reservation],
     ) -> None:
         self.ordered = ordered
+        self.previous = previous
         self.rank = {job.id: n for n, job in enumerate(ordered)}
         self.active = active_per_sda
         self.now = now
@@ -549,8 +516,6 @@ class _Pass:
             g: _Group(g, free, sizes, usable, now, self.busy_until, self.status)
             for g, (free, sizes, usable) in _group_devices(backends, held).items()
         }
-        for group in self.groups.values():
-            group.first_fit = self.backfill
         for jobs in self.victims.values():
             # Lowest priority first, then the newest start (the least work lost), then the highest id.
             jobs.sort(key=lambda r: (r.priority, -r.start_time, -r.id))
@@ -612,7 +577,6 @@ class _Pass:
         group = self.groups.get(gid)
         if group is None:
             group = self.groups[gid] = _Group(gid, {}, {}, {}, self.now, self.busy_until, self.status)
-            group.first_fit = self.backfill
         candidates = group.pool.candidates(job.allowed_backends)
         if candidates is not None and not candidates:
             self._wait(job, reasons.NO_BACKEND, _no_candidate_reason(job))
@@ -654,7 +618,12 @@ class _Pass:
             return
 
         end = INF if job.time_limit is None else self.now + job.time_limit
-        placed = group.place_now(n, candidates, end)
+        placed = None
+        before = self.previous.get(job.id)
+        if before is not None and before.start <= self.now and len(before.devices) == n:
+            placed = group.take_planned(before.devices, candidates, end)
+        if placed is None:
+            placed = group.place_now(n, candidates, end)
         if placed is not None:
             self._started(job, placed, borrowed=borrowed, group=group, end=end)
             return
@@ -714,9 +683,7 @@ class _Pass:
         owner = self.ordered[owner_rank] if owner_rank is not None else None
 
         if in_quota is not None and self._reclaim(job, group, candidates, end):
-            if not self.backfill:
-                group_holds.add(job, candidates)
-            return
+            return  # its devices are set aside for it: it holds no one up, even under strict
 
         code = reasons.RESOURCES if owner is None else reasons.reserved_for(owner.id)
         reason = f"waiting for {n} device(s) on {where}: {idle} idle"
@@ -730,7 +697,7 @@ class _Pass:
             return
         if self.depth_left > 0:
             self.depth_left -= 1
-            start, devices = group.plan(n, candidates, job.time_limit, self.rank[job.id])
+            start, devices = group.plan(n, candidates, job.time_limit, self.rank[job.id], self.previous.get(job.id))
             if start < INF:
                 self.reservations.append(Reservation(job.id, start, devices))
                 self.planned[job.id] = start
@@ -847,12 +814,12 @@ class _Group:
       unknown or unlimited) and the reservations planned on it after that. A device's *gaps* are
       the free stretches between them; the last one is open-ended unless a reservation never ends.
 
-    Starting now and planning later follow one rule, so that a plan made now is what a later pass
-    does when the jobs run exactly to their limits: at a time T, the *feasible* devices are those
-    with a gap holding [T, T + limit); a job takes feasible devices whose gap ends (before a later
-    reservation) first, since no longer job can use them, then devices with an open-ended gap, each
-    set packed with :func:`place`. Nothing in that choice depends on how long a device has been
-    free, which changes from pass to pass.
+    Starting now and planning later follow one rule: at a time T, the *feasible* devices are those
+    with a gap holding [T, T + limit); a job takes feasible devices whose gap ends (at a later
+    reservation) first, the soonest-needed first, since no longer job can use them, then devices
+    with an open-ended gap, packed by :func:`place`. A job that kept a plan from the previous pass
+    keeps its devices while they are still feasible at the same start, which is what keeps plans
+    from drifting from pass to pass.
     """
 
     __slots__ = (
@@ -862,7 +829,6 @@ class _Group:
         "busy_until",
         "claimed",
         "clean",
-        "first_fit",
         "gaps",
         "hole_list",
         "holes",
@@ -895,7 +861,6 @@ class _Group:
         self._prefix: list[int] | None = None  # lowest owner rank over hole_list[: k + 1]
         self.assigned: dict[DeviceKey, float] = {}  # devices whose occupant this pass changed -> when it leaves
         self.claimed: set[DeviceKey] = set()  # devices held for jobs waiting on preemptions
-        self.first_fit = False  # backfill places first fit, for plans that hold from pass to pass
         # The timeline, built lazily (most passes never plan):
         self.avail: dict[DeviceKey, float] | None = None
         self.resv: dict[DeviceKey, list[tuple[float, float, int]]] = {}  # device -> sorted (start, end, owner rank)
@@ -958,7 +923,7 @@ class _Group:
         """Take ``count`` devices for a job that starts now and ends at ``end``; None (nothing taken) if it cannot.
 
         Usable holes come first, the soonest-needed first (only jobs this short can use them), then
-        the pool: best fit under strict, first fit under backfill (see :meth:`plan`).
+        the pool, packed by :func:`place`.
         """
         holes = self._usable_holes(candidates, end) if self.hole_list else []
         if len(holes) >= count:
@@ -969,10 +934,9 @@ class _Group:
             if candidates is None:
                 if rest > self.pool.total:
                     return None
-                from_pool = (self.pool.take_first_fit(rest) if self.first_fit else self.pool.take(rest)) or ()
+                from_pool = self.pool.take(rest) or ()
             else:
-                pick = first_fit if self.first_fit else place
-                found = pick(self.pool.free_on(candidates), rest, self.pool.sizes)
+                found = place(self.pool.free_on(candidates), rest, self.pool.sizes)
                 if found is None:
                     return None
                 self.pool.remove(found)
@@ -984,6 +948,24 @@ class _Group:
             self._set_hole(d, None)
             self._occupy(d, end)
         return tuple(sorted((*from_pool, *from_holes)))
+
+    def take_planned(
+        self, devices: Sequence[DeviceKey], candidates: frozenset[int] | None, end: float
+    ) -> tuple[DeviceKey, ...] | None:
+        """Start a job now on the devices its plan named, if each is free and usable until ``end``; else None."""
+        for d in devices:
+            if d[0] not in self.pool.sizes or (candidates is not None and d[0] not in candidates):
+                return None
+            if not self.pool.has(d) and not (self._is_hole(d) and self.holes[d[0]][d[1]][0] >= end):
+                return None
+        from_pool = [d for d in devices if self.pool.has(d)]
+        if from_pool:
+            self.pool.remove(from_pool)
+        for d in devices:
+            if self._is_hole(d):
+                self._set_hole(d, None)
+            self._occupy(d, end)
+        return tuple(sorted(devices))
 
     def _usable_holes(self, candidates: frozenset[int] | None, end: float) -> list[DeviceKey]:
         """The holes (of ``candidates``) a job ending at ``end`` may use, by (horizon, backend, index)."""
@@ -1053,9 +1035,18 @@ class _Group:
         self._change(device, avail=end)
 
     def plan(
-        self, count: int, candidates: frozenset[int] | None, limit: float | None, owner: int
+        self,
+        count: int,
+        candidates: frozenset[int] | None,
+        limit: float | None,
+        owner: int,
+        before: Reservation | None = None,
     ) -> tuple[float, tuple[DeviceKey, ...]]:
-        """Reserve ``count`` devices at the earliest time they are all free for the job's limit; ``(inf, ())`` when never."""
+        """Reserve ``count`` devices at the earliest time they are all free for the job's limit; ``(inf, ())`` when never.
+
+        ``before`` is the job's plan from the previous pass: when the earliest start is still its start
+        and its devices are all still feasible then, the job keeps them.
+        """
         avail = self._timeline()
         length = INF if limit is None else limit
         clean: list[tuple[float, int, int]] | Sequence[tuple[float, int, int]]
@@ -1089,11 +1080,18 @@ class _Group:
             if ci + len(open_gaps) >= count:
                 start = when
                 break
-        # Devices whose free stretch ends at a later reservation first (the soonest-needed first),
-        # then first fit among open-ended ones: see the class docstring for why not best fit.
         bounded = sorted((e, b, i) for e, b, i in open_gaps if e < INF)
-        if len(bounded) >= count:
-            chosen: tuple[DeviceKey, ...] = tuple(sorted((b, i) for _, b, i in bounded[:count]))
+        feasible = {(b, i) for _, b, i in clean[:ci]} | {(b, i) for _, b, i in open_gaps}
+        chosen: tuple[DeviceKey, ...]
+        if (
+            before is not None
+            and before.start == start
+            and len(before.devices) == count
+            and feasible.issuperset(before.devices)
+        ):
+            chosen = tuple(sorted(before.devices))
+        elif len(bounded) >= count:
+            chosen = tuple(sorted((b, i) for _, b, i in bounded[:count]))
         else:
             unbounded: dict[int, list[int]] = {}
             for _, b, i in clean[:ci]:
@@ -1101,7 +1099,7 @@ class _Group:
             for e, b, i in open_gaps:
                 if e == INF:
                     unbounded.setdefault(b, []).append(i)
-            rest = first_fit(unbounded, count - len(bounded), self.pool.sizes) or ()
+            rest = place(unbounded, count - len(bounded), self.pool.sizes) or ()
             chosen = tuple(sorted([(b, i) for _, b, i in bounded] + list(rest)))
         booking = (start, start + length, owner)
         for d in chosen:
@@ -1344,27 +1342,6 @@ class _Pool:
                 raise ValueError(f"devices {sorted(indexes)} of backend {backend} are not all free")
         for backend, indexes in by_backend.items():
             self._shrink(backend, [i for i in self._free[backend] if i not in indexes])
-
-    def take_first_fit(self, count: int) -> tuple[DeviceKey, ...] | None:
-        """Allocate ``count`` devices as :func:`first_fit` chooses; None (and nothing taken) if too few are free."""
-        if count > self.total:
-            return None
-        chosen: list[DeviceKey] = []
-        rest = count
-        while True:
-            fits = [self._top(self._heaps[n], n) for n in range(rest, self._largest + 1) if self._members[n]]
-            best = min((b for b in fits if b is not None), default=None)
-            if best is not None:
-                self._use(best, rest, chosen)
-                chosen.sort()
-                return tuple(chosen)
-            present = [n for n in range(1, self._largest + 1) if self._members[n]]
-            whole = min((b for n in present if (b := self._top(self._full[n], n)) is not None), default=None)
-            if whole is None:
-                whole = min(b for n in present if (b := self._top(self._heaps[n], n)) is not None)
-            n = self._count[whole]
-            self._use(whole, n, chosen)
-            rest -= n
 
     def take(self, count: int) -> tuple[DeviceKey, ...] | None:
         """Allocate ``count`` devices with :func:`place`'s packing; None (and nothing taken) if too few are free."""
