@@ -32,10 +32,10 @@ The policy follows the SDA Manager manual, extended with Slurm-style backfill an
   job waiting on preemptions (its devices are set aside for it).
 * Quotas (``quotas``, keyed by (user group, backend group)): a job charged to a group
   (``charged_group``) starts within the group's nominal quota, or as *borrowed* work on idle devices
-  up to nominal + borrow. A job within its nominal quota that cannot start may reclaim devices from
-  borrowed jobs of other groups (:class:`Preemption`); while a backend group has reclaims in
-  progress, no new borrowed work starts there. Jobs that started within their quota are never
-  preempted.
+  up to nominal + borrow. Borrowed work is served after everything else in the pass, on what is
+  left, and not at all in a backend group where a job waits for reclaimed devices. A job within its
+  nominal quota that cannot start may reclaim devices from borrowed jobs of other groups
+  (:class:`Preemption`). Jobs that started within their quota are never preempted.
 * A job is packed onto as few backends as possible (see :func:`place`); a job that ends before a
   reservation starts goes to the devices that reservation holds first (they are of no use to
   longer jobs).
@@ -442,17 +442,7 @@ def schedule(
 
     ordered = queue_order(queue, fairshare)
     before = {r.job_id: r for r in previous if r.job_id in ids}
-    no_borrow: frozenset[int] = frozenset()
-    while True:
-        run = _Pass(backends, ordered, active_per_sda, reserved, running, now, policy, quotas, no_borrow, before)
-        decision = run.run()
-        # Borrowed work started in a backend group where the same pass reclaims devices would be
-        # preempted again soon (or would take what the reclaim needs): run the pass again with
-        # borrowing refused there. Each round adds a group, so this ends.
-        clash = (run.reclaiming & run.borrowed_in) - no_borrow
-        if not clash:
-            return decision
-        no_borrow |= clash
+    return _Pass(backends, ordered, active_per_sda, reserved, running, now, policy, quotas, before).run()
 
 
 class _Pass:
@@ -468,7 +458,6 @@ class _Pass:
         now: float,
         policy: Policy,
         quotas: Mapping[tuple[int, int], Quota],
-        no_borrow: frozenset[int],
         previous: Mapping[int, Reservation],
     ) -> None:
         self.ordered = ordered
@@ -480,7 +469,6 @@ class _Pass:
         self.backfill = policy.mode == BACKFILL_MODE
         self.depth_left = policy.backfill_depth if self.backfill else 0
         self.quotas = quotas
-        self.no_borrow = no_borrow
 
         held = set(reserved)
         for job in ordered:
@@ -516,6 +504,8 @@ class _Pass:
             g: _Group(g, free, sizes, usable, now, self.busy_until, self.status)
             for g, (free, sizes, usable) in _group_devices(backends, held).items()
         }
+        for group in self.groups.values():
+            group.plans = self.backfill
         for jobs in self.victims.values():
             # Lowest priority first, then the newest start (the least work lost), then the highest id.
             jobs.sort(key=lambda r: (r.priority, -r.start_time, -r.id))
@@ -532,13 +522,18 @@ class _Pass:
         self.taken_reserved: set[DeviceKey] = set()
         self.holds: dict[int, _Holds] = {}  # backend group id -> the jobs that hold up later ones
         self.reclaiming: set[int] = set()  # backend groups where a job waits for reclaimed devices
-        self.borrowed_in: set[int] = set()  # backend groups where borrowed work started
+        self.deferred: list[QueuedJob] = []  # jobs that would start as borrowed work, served last
 
     # -- the pass ------------------------------------------------------------------------------------
 
     def run(self) -> Decision:
         for job in self.ordered:
-            self._serve(job)
+            self._serve(job, borrowing=False)
+        # Work within quota (or without one) is served first: borrowed work then takes what is left,
+        # so it never takes devices a job within its quota would otherwise have to reclaim.
+        for job in self.deferred:
+            self._serve(job, borrowing=True)
+        self.allocations.sort(key=lambda a: self.rank[a.job_id])
         return Decision(
             tuple(self.allocations),
             MappingProxyType(self.waiting),
@@ -553,7 +548,8 @@ class _Pass:
         self.codes[job.id] = code
         self.expected[job.id] = start
 
-    def _serve(self, job: QueuedJob) -> None:
+    def _serve(self, job: QueuedJob, *, borrowing: bool) -> None:
+        """Start, defer or make wait one job; ``borrowing``: the second sweep, over jobs that would borrow."""
         n = job.device_count
         if n < 1:
             self._wait(job, reasons.NEVER_FITS, f"asks for {n} device(s); a job needs at least 1")
@@ -577,6 +573,7 @@ class _Pass:
         group = self.groups.get(gid)
         if group is None:
             group = self.groups[gid] = _Group(gid, {}, {}, {}, self.now, self.busy_until, self.status)
+            group.plans = self.backfill
         candidates = group.pool.candidates(job.allowed_backends)
         if candidates is not None and not candidates:
             self._wait(job, reasons.NO_BACKEND, _no_candidate_reason(job))
@@ -598,12 +595,15 @@ class _Pass:
                 self._quota_wait(job, quota, used)
                 return
             borrowed = used + n > quota.nominal
-            if borrowed and gid in self.no_borrow:
+            if borrowed and not borrowing:
+                self.deferred.append(job)
+                return
+            if borrowed and gid in self.reclaiming:
                 self._wait(
                     job,
                     reasons.RESOURCES,
-                    f"would borrow {n} device(s) beyond user group {job.charged_group}'s quota of {quota.nominal}, but "
-                    f"backend group {gid} is reclaiming devices for jobs within their quota",
+                    f"would borrow {n} device(s) beyond user group {charge}'s quota of {quota.nominal}, but backend "
+                    f"group {gid} is reclaiming devices for jobs within their quota",
                 )
                 return
 
@@ -611,7 +611,7 @@ class _Pass:
         if group_holds is None:
             group_holds = self.holds[gid] = _Holds(self.rank)
         head = group_holds.head(candidates)
-        if head is not None:
+        if head is not None and self.rank[head.id] < self.rank[job.id]:  # (a deferred job may rank before a hold)
             self._wait(job, reasons.PRIORITY, f"behind job {head.id} (priority {head.priority}) in backend group {gid}")
             if not borrowed:
                 group_holds.add(job, candidates)
@@ -645,8 +645,6 @@ class _Pass:
         if job.charged_group is not None:
             key = (job.charged_group, group.id)
             self.usage[key] = self.usage.get(key, 0) + len(devices)
-        if borrowed:
-            self.borrowed_in.add(group.id)
 
     def _quota_wait(self, job: QueuedJob, quota: Quota, used: int) -> None:
         where = f"backend group {job.backend_group_id}"
@@ -713,12 +711,12 @@ class _Pass:
         pending = [
             d
             for d in self.pending_for.get(job.id, ())
-            if d[0] in group.pool.sizes and (candidates is None or d[0] in candidates) and not group.reserved(d)
+            if d[0] in group.pool.sizes and (candidates is None or d[0] in candidates) and group.free_until(d, end)
         ]
         need = n - sum(len(v) for v in free.values()) - len(pending)
         victims: list[tuple[RunningJob, list[DeviceKey]]] = []
         if need > 0:
-            found = self._victims(job, group, candidates, need)
+            found = self._victims(job, group, candidates, need, end)
             if found is None:
                 return False
             victims = found
@@ -737,6 +735,9 @@ class _Pass:
         self.reclaiming.add(group.id)
         for victim, _ in victims:
             self.preempted.add(victim.id)
+            assert victim.charged_group is not None  # only charged jobs are ever victims
+            leaving = (victim.charged_group, group.id)
+            self.leaving[leaving] = self.leaving.get(leaving, 0) + len(victim.devices)
             self.preemptions.append(
                 Preemption(
                     victim.id,
@@ -758,7 +759,7 @@ class _Pass:
         return True
 
     def _victims(
-        self, job: QueuedJob, group: _Group, candidates: frozenset[int] | None, need: int
+        self, job: QueuedJob, group: _Group, candidates: frozenset[int] | None, need: int, end: float
     ) -> list[tuple[RunningJob, list[DeviceKey]]] | None:
         """The fewest borrowed jobs of other groups whose devices give ``job`` the ``need`` it lacks; None if impossible."""
         over: dict[int, int] = {}
@@ -769,8 +770,9 @@ class _Pass:
                 continue
             assert r.charged_group is not None
             useful = [d for d in r.devices if d[0] in group.pool.sizes and (candidates is None or d[0] in candidates)]
-            # Devices an earlier reservation counts on stay with it: reclaiming must not delay a plan.
-            if not useful or any(group.reserved(d) for d in r.devices):
+            # A device an earlier plan needs before this job would end stays with that plan: reclaiming
+            # must not delay a reservation any more than backfill may.
+            if not useful or not all(group.free_until(d, end) for d in r.devices):
                 continue
             g = r.charged_group
             if g not in over:
@@ -834,6 +836,7 @@ class _Group:
         "holes",
         "id",
         "now",
+        "plans",
         "pool",
         "resv",
         "status",
@@ -861,6 +864,7 @@ class _Group:
         self._prefix: list[int] | None = None  # lowest owner rank over hole_list[: k + 1]
         self.assigned: dict[DeviceKey, float] = {}  # devices whose occupant this pass changed -> when it leaves
         self.claimed: set[DeviceKey] = set()  # devices held for jobs waiting on preemptions
+        self.plans = False  # whether this pass plans reservations (backfill)
         # The timeline, built lazily (most passes never plan):
         self.avail: dict[DeviceKey, float] | None = None
         self.resv: dict[DeviceKey, list[tuple[float, float, int]]] = {}  # device -> sorted (start, end, owner rank)
@@ -942,8 +946,9 @@ class _Group:
                 self.pool.remove(found)
                 from_pool = found
             from_holes = holes
-        for d in from_pool:
-            self._occupy(d, end)
+        if self.plans:  # only plans read when devices come free again
+            for d in from_pool:
+                self._occupy(d, end)
         for d in from_holes:
             self._set_hole(d, None)
             self._occupy(d, end)
@@ -1112,9 +1117,12 @@ class _Group:
                 self._set_hole(d, horizon, self.resv[d][0][2])
         return start, tuple(sorted(chosen))
 
-    def reserved(self, device: DeviceKey) -> bool:
-        """Whether a reservation or a claim of this pass counts on ``device``."""
-        return device in self.resv or device in self.claimed
+    def free_until(self, device: DeviceKey, end: float) -> bool:
+        """Whether no claim of this pass holds ``device`` and no reservation needs it before ``end``."""
+        if device in self.claimed:
+            return False
+        bookings = self.resv.get(device)
+        return not bookings or bookings[0][0] >= end
 
     def claim(
         self, free: Sequence[DeviceKey], busy: Sequence[DeviceKey], spare: Sequence[DeviceKey], end: float

@@ -485,3 +485,13 @@ def test_property_without_quotas_nothing_is_borrowed_or_preempted(scenario: Scen
     assert decision.preemptions == ()
     assert decision.borrowed == ()
     assert not {"QuotaExceeded", "BorrowingLimitReached"} & set(decision.reason_codes.values())
+
+
+def test_several_reclaims_in_one_pass_never_push_a_group_below_its_nominal_quota() -> None:
+    # A holds 6 with nominal 4: 2 devices are borrowed, however many of B's jobs wait.
+    running = [rjob(100 + k, on(1, k), A, borrowed=k >= 2, started=NOW - HOUR + k) for k in range(6)]
+    queue = [qjob(j, 1, B) for j in range(1, 5)]
+    decision = schedule(cluster_of(6, running), queue, running=running, now=NOW, policy=BACKFILL, quotas=QUOTAS)
+    assert [p.victim_id for p in decision.preemptions] == [105, 104]
+    # job 3 cannot reclaim, and its start cannot be planned (no limits): it holds job 4 up
+    assert decision.reason_codes == {1: "Preempting", 2: "Preempting", 3: "Resources", 4: "Priority"}
