@@ -24,7 +24,9 @@ The policy follows the SDA Manager manual, extended with Slurm-style backfill an
   its own time limit ends before the reserved start, so it can never delay a reservation. The next
   blocked jobs get reservations too, up to ``Policy.backfill_depth`` per pass; a blocked job past
   the depth, or one whose start cannot be planned (it depends on a job without a time limit), holds
-  up later jobs exactly as under STRICT.
+  up later jobs exactly as under STRICT. Callers pass the previous pass's reservations back
+  (``previous=``): a job keeps its planned devices while its plan still holds, so that when jobs
+  run to their limits and nothing new arrives, no job starts later than its first estimate.
 * Jobs that never hold anything up: one that can never fit (it needs more devices than its candidate
   backends have usable, or it has no candidate backend at all), one whose SDA already runs as many
   jobs as it may (one process per SDA unless the token is duplicable), a reserved-SDA job (it only
@@ -35,7 +37,10 @@ The policy follows the SDA Manager manual, extended with Slurm-style backfill an
   up to nominal + borrow. Borrowed work is served after everything else in the pass, on what is
   left, and not at all in a backend group where a job waits for reclaimed devices. A job within its
   nominal quota that cannot start may reclaim devices from borrowed jobs of other groups
-  (:class:`Preemption`). Jobs that started within their quota are never preempted.
+  (:class:`Preemption`): jobs that have run at least ``Policy.preempt_min_runtime``, of groups still
+  above their nominal quota, lowest priority first, then the newest start, as few as free enough,
+  and never devices a reservation needs before the reclaiming job would end. Jobs that started
+  within their quota are never preempted.
 * A job is packed onto as few backends as possible (see :func:`place`); a job that ends before a
   reservation starts goes to the devices that reservation holds first (they are of no use to
   longer jobs).
@@ -252,10 +257,13 @@ class Decision:
     ``allocations``: the jobs that start, in queue order. ``waiting``: a one-line reason for every other
     queued job. ``reason_codes``: the same jobs, each with one code of
     :data:`scheduler_core.reasons.REASON_CODES`. ``expected_start``: the same jobs, each with its planned
-    start (epoch seconds) or None when the plan has none (strict mode, past the backfill depth,
-    behind a job whose start cannot be planned, a plan that depends on a job without a time limit, or a
-    job that cannot start at all). ``reservations``: the planned starts, in queue order.
-    ``preemptions``: borrowed running jobs to stop, in the order they were decided.
+    start (epoch seconds; ``now`` for a job waiting on preemptions) or None when there is no plan
+    for it (strict mode plans nothing, past the backfill depth, behind a job whose start cannot be
+    planned, a plan that depends on a job without a time limit, borrowed work, or a job that cannot
+    start at all). ``reservations``: the planned starts, in queue order; pass them back to the next
+    pass as ``previous``. ``preemptions``: borrowed running jobs to stop, in the order they were decided.
+    ``borrowed``: the allocations that start beyond their group's nominal quota (the state must keep
+    that flag for :attr:`RunningJob.borrowed`).
     """
 
     allocations: tuple[Allocation, ...]

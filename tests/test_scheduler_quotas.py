@@ -396,17 +396,21 @@ def check_quotas(scenario: Scenario, decision: Decision, policy: Policy) -> None
             assert status[d] == "IDLE"
             assert d not in seen
             seen.add(d)
-    # quotas: an ordinary start stays within nominal, a borrowed one within nominal + borrow
-    for a in decision.allocations:
-        j = jobs[a.job_id]
-        quota = quotas.get((j.charged_group, j.backend_group_id)) if j.charged_group is not None else None
-        if quota is None:
-            assert not a.borrowed
-            continue
-        key = (j.charged_group, j.backend_group_id)
-        used[key] = used.get(key, 0) + j.device_count  # type: ignore[index]
-        assert used[key] <= quota.nominal + quota.borrow  # type: ignore[index]
-        assert a.borrowed == (used[key] > quota.nominal)  # type: ignore[index]
+    # quotas: work within quota is served first and stays within nominal; borrowed work comes after,
+    # each start taking its group beyond nominal but not beyond nominal + borrow
+    for sweep in (False, True):
+        for a in decision.allocations:
+            j = jobs[a.job_id]
+            quota = quotas.get((j.charged_group, j.backend_group_id)) if j.charged_group is not None else None
+            if quota is None:
+                assert not a.borrowed
+                continue
+            if a.borrowed != sweep:
+                continue
+            key = (j.charged_group, j.backend_group_id)
+            used[key] = used.get(key, 0) + j.device_count  # type: ignore[index]
+            assert used[key] <= quota.nominal + quota.borrow  # type: ignore[index]
+            assert a.borrowed == (used[key] > quota.nominal)  # type: ignore[index]
     # preemptions: each victim once, borrowed, of another group, old enough, not already stopping
     victims = [p.victim_id for p in decision.preemptions]
     assert len(victims) == len(set(victims))
