@@ -4,6 +4,11 @@ run against a real state (``s.jobs.run_scheduling_pass()``: DuckDB reads, the de
 Both use one generated cluster per size: several backend groups, some backends shut down or partly
 busy with running jobs, a few shut-down devices and reserved SDAs, and a queue mixing 1, 2, 4, 8 and
 16-device jobs of many priorities, some of duplicable tokens, some behind a running job of their SDA.
+
+The pure pass is also timed under backfill (every job with a time limit, most running jobs too, so
+the pass plans up to ``backfill_depth`` reservations) and with user-group quotas (half of them
+borrowing) and fair-share factors on top. Passes against the state stay strict: the state does not
+give the scheduler limits or quotas yet.
 """
 
 from __future__ import annotations
@@ -16,7 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import Figure, median, progress, run_standalone, scratch_dir, time_call
-from scheduler_core.scheduling import BackendState, DeviceKey, DeviceState, QueuedJob, schedule
+from scheduler_core.fairshare import fairshare_factors
+from scheduler_core.scheduling import (
+    BACKFILL,
+    BackendState,
+    Decision,
+    DeviceKey,
+    DeviceState,
+    QueuedJob,
+    Quota,
+    RunningJob,
+    schedule,
+)
 from state.store import StateStore
 
 BUSY_STATUSES = ("PROCESSING", "PROCESSING", "PREPARING", "CLEANING")
@@ -25,6 +41,9 @@ JOB_SIZE_WEIGHTS = (40, 25, 15, 12, 8)
 MODEL_OF_SIZE = {1: 1, 2: 2, 4: 3, 8: 4, 16: 5}  # the seed's SDA model ids
 PRIORITIES = (-20, 0, 0, 0, 0, 5, 10, 10, 50, 99)
 BASE_TIME = 1_700_000_000.0
+NOW = BASE_TIME + 3600.0  # the pass's clock: an hour after the first request
+LIMITS = (600.0, 1800.0, 3600.0, 4 * 3600.0, 86400.0)
+USER_GROUPS = 6
 
 
 @dataclass(frozen=True)
@@ -178,6 +197,89 @@ def measure_pure(size: Size, scenario: Scenario) -> Figure:
     return Figure(name, ms, "ms", f"<= {size.target_ms:g}", ms <= size.target_ms)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """The scenario with what backfill and quotas need: limits, running jobs, user groups, quotas, factors."""
+
+    queue: list[QueuedJob]
+    running: list[RunningJob]
+    quotas: dict[tuple[int, int], Quota]
+    fairshare: dict[int, float]
+
+
+def with_limits(scenario: Scenario, seed: int = 11) -> Planned:
+    """Give every queued job and most running jobs a limit, and every token one of a few user groups with quotas."""
+    rng = random.Random(seed)
+    group_of_token = {token: 1 + rng.randrange(USER_GROUPS) for token in scenario.tokens}
+    backend_group = {b.id: b.group_id for b in scenario.backends}
+    per_group: dict[int, int] = {}
+    for b in scenario.backends:
+        if b.active:
+            per_group[b.group_id] = per_group.get(b.group_id, 0) + sum(d.status != "SHUTDOWN" for d in b.devices)
+    # Nominal quotas add up to twice the devices (over-committed, so most jobs are within quota and
+    # the pass plans as much as without quotas); odd groups may borrow as much again.
+    quotas = {
+        (g, bg): Quota(max(1, devices // 3), max(1, devices // 3) if g % 2 else 0)
+        for bg, devices in per_group.items()
+        for g in range(1, USER_GROUPS + 1)
+    }
+    running: list[RunningJob] = []
+    used: dict[tuple[int, int], int] = {}
+    for job_id, sda, token, devices in sorted(scenario.running):
+        group = group_of_token[token]
+        key = (group, backend_group[devices[0][0]])
+        used[key] = used.get(key, 0) + len(devices)
+        running.append(
+            RunningJob(
+                id=job_id,
+                token=token,
+                sda_id=sda,
+                priority=0,
+                devices=tuple(devices),
+                start_time=NOW - rng.uniform(0, 3000),
+                time_limit=None if rng.random() < 0.1 else rng.choice(LIMITS),
+                backend_group_id=key[1],
+                charged_group=group,
+                borrowed=used[key] > quotas[key].nominal,
+            )
+        )
+    queue = [
+        QueuedJob(**{**j.__dict__, "time_limit": rng.choice(LIMITS), "charged_group": group_of_token[j.token]})
+        for j in scenario.queue
+    ]
+    usage = {g: rng.uniform(0, 100 * 3600) for g in range(1, USER_GROUPS + 1)}
+    factors = fairshare_factors(usage, dict.fromkeys(range(1, USER_GROUPS + 1), 1.0))
+    return Planned(queue, running, quotas, factors)
+
+
+def measure_backfill(size: Size, scenario: Scenario, *, quotas: bool) -> Figure:
+    """Median wall time of a backfill pass (and with quotas and fair share) over the scenario."""
+    planned = with_limits(scenario)
+    extra: dict[str, object] = {"quotas": planned.quotas, "fairshare": planned.fairshare} if quotas else {}
+
+    def one() -> Decision:
+        return schedule(
+            scenario.backends,
+            planned.queue,
+            scenario.active,
+            scenario.reserved,
+            running=planned.running,
+            now=NOW,
+            policy=BACKFILL,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    decision = one()
+    times = [time_call(one) for _ in range(size.runs)]
+    ms = median(times) * 1000
+    what = "backfill + quotas + fair share" if quotas else "backfill"
+    name = (
+        f"schedule() {what} {size.label} ({len(planned.running)} running with limits, "
+        f"{len(decision.reservations)} planned, starts {len(decision.allocations)}, median of {size.runs})"
+    )
+    return Figure(name, ms, "ms", f"<= {size.target_ms:g}", ms <= size.target_ms)
+
+
 # -- the pass against a real state ------------------------------------------------------------------
 
 
@@ -302,7 +404,10 @@ def main(quick: bool = False) -> list[Figure]:
     sizes = QUICK if quick else FULL
     for size in sizes:
         progress(f"schedule() {size.label}")
-        figures.append(measure_pure(size, make_scenario(size)))
+        scenario = make_scenario(size)
+        figures.append(measure_pure(size, scenario))
+        figures.append(measure_backfill(size, scenario, quotas=False))
+        figures.append(measure_backfill(size, scenario, quotas=True))
     with scratch_dir("scheduler") as root:
         for size in sizes:
             figures += measure_state(size, make_scenario(size), root)
