@@ -300,7 +300,7 @@ def no_traceback(result: Result, what: str) -> None:
 
 
 def _commands() -> list[Any]:
-    from moreh_tools.smclient.registry import load_commands
+    from moreh_tools.smclient.catalog import load_commands
 
     return [load_commands()[name] for name in sorted(load_commands())]
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import SMCLIENT, Smc, fails, ok, state_unchanged, token_of
 
 from moreh_tools import __version__
-from moreh_tools.smclient import registry
+from moreh_tools.smclient import catalog, registry
 from moreh_tools.smclient.output import Output
 
 NewToken = Callable[..., str]
@@ -32,7 +32,7 @@ def admin_commands() -> dict[str, registry.Command]:
     """Every visible console command except the job-queue ones."""
     return {
         name: cmd
-        for name, cmd in registry.load_commands().items()
+        for name, cmd in catalog.load_commands().items()
         if not cmd.hidden and not name.startswith(JOB_PREFIXES)
     }
 
@@ -87,7 +87,7 @@ def test_help_lists_every_command_in_the_seed_format(smc: Smc) -> None:
         assert line.index(" : ") == 34 or line.index(":") == 34, line  # the seed's name column
         names.append(entry["name"].strip())
     assert names == sorted(names)
-    visible = {name for name, cmd in registry.load_commands().items() if not cmd.hidden}
+    visible = {name for name, cmd in catalog.load_commands().items() if not cmd.hidden}
     assert set(names) == visible
     assert "update token duplicable" in names  # from the 001 guide
     assert "remove usergroup list" not in names  # an accepted spelling, not a listed command
@@ -95,7 +95,7 @@ def test_help_lists_every_command_in_the_seed_format(smc: Smc) -> None:
 
 def test_question_mark_prints_the_commands_help_entry(smc: Smc) -> None:
     lines = ok(smc("help")).lines
-    for name in sorted(registry.load_commands()):
+    for name in sorted(catalog.load_commands()):
         if registry.REGISTRY[name].hidden:
             continue
         out = ok(smc(f"{name} ?")).lines
@@ -267,7 +267,7 @@ def test_an_internal_error_is_one_line_and_exit_3(smc: Smc, monkeypatch: pytest.
     def broken(ctx: registry.Context, args: list[str]) -> Output:
         raise RuntimeError("boom")
 
-    original = registry.load_commands()["show token"]
+    original = catalog.load_commands()["show token"]
     monkeypatch.setitem(registry.REGISTRY, "show token", dataclasses.replace(original, handler=broken))
     message = fails(smc("show token"), 3, "Internal error (RuntimeError: boom)", "report it")
     assert message.count("\n") == 0

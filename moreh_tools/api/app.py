@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -31,6 +30,7 @@ from moreh_tools.api.errors import (
 from moreh_tools.api.params import BODY_PARAMS_KEY, param_specs
 from moreh_tools.api.ratelimit import RateLimiter
 from moreh_tools.api.routes import ROUTER_MODULES
+from moreh_tools.api.tokens import TokenCache
 from state.errors import StateError
 
 if TYPE_CHECKING:
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from state.store import StateStore
 
 MAX_BODY_BYTES = 1 << 20
-# Token lookups are cached this long: a deleted token or a changed access level takes effect within it.
-TOKEN_CACHE_S = 1.0
 _BODY_METHODS = (b"POST", b"PUT", b"DELETE", b"PATCH")
 
 
@@ -47,45 +45,6 @@ def error_response(error: ApiError) -> JSONResponse:
     """The response for ``error``: the documented body, its status, ``X-Moreh-Code`` and extra headers."""
     headers = {CODE_HEADER: str(error.code), **error.headers}
     return JSONResponse(error_body(error.code, error.message), status_code=error_status(error), headers=headers)
-
-
-class _TokenCache:
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[float, str | None]] = {}
-        self.lock = threading.Lock()
-
-
-def lookup_access_level(app: FastAPI, token: str) -> str | None:
-    """The access level of ``token``, or None when unknown (cached for TOKEN_CACHE_S)."""
-    cache: _TokenCache = app.state.token_cache
-    now = time.monotonic()
-    with cache.lock:
-        hit = cache.entries.get(token)
-    if hit is not None and hit[0] > now:
-        return hit[1]
-    if len(token) > 256:
-        return None
-    store: StateStore = app.state.store
-    with store.reading() as s:
-        level = s.tokens.access_level(token)
-    with cache.lock:
-        if len(cache.entries) > 10_000:
-            cache.entries.clear()
-        cache.entries[token] = (now + TOKEN_CACHE_S, level)
-    return level
-
-
-def forget_token(app: FastAPI, token: str) -> None:
-    """Drop ``token`` from the lookup cache (after deleting it or changing its access level)."""
-    cache: _TokenCache = app.state.token_cache
-    with cache.lock:
-        cache.entries.pop(token, None)
-
-
-def limiter_of(app: FastAPI) -> RateLimiter:
-    """The app's rate limiter."""
-    limiter: RateLimiter = app.state.rate_limiter
-    return limiter
 
 
 class BodyParamsMiddleware:
@@ -286,7 +245,7 @@ def create_app(store: StateStore, hub: JobHub, *, host: str, machine_id: str, ow
     app.state.host = host
     app.state.machine_id = machine_id
     app.state.owner_uid = owner_uid
-    app.state.token_cache = _TokenCache()
+    app.state.token_cache = TokenCache()
     app.state.rate_limiter = RateLimiter.from_env()
     app.state.started = time.time()
     routers: list[APIRouter] = []

@@ -57,8 +57,8 @@ def identify(request: Request, *, budgeted: bool = True) -> Caller:
     every tick however many hosts share its token); the budget is checked before the token is looked up,
     so a client over its budget costs no state read.
     """
-    from moreh_tools.api.app import limiter_of, lookup_access_level
     from moreh_tools.api.peer import UNIX_CLIENT
+    from moreh_tools.api.tokens import limiter_of, lookup_access_level
     from state.errors import UnknownTokenError
 
     client = request.client

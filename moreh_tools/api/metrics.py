@@ -45,8 +45,8 @@ def _loopback_client(request: Request) -> bool:
 def _require_token_off_loopback(request: Request) -> None:
     if _loopback_client(request):
         return
-    from moreh_tools.api.app import lookup_access_level
     from moreh_tools.api.auth import presented_token
+    from moreh_tools.api.tokens import lookup_access_level
 
     token = presented_token(request)
     if token is None or lookup_access_level(request.app, token) is None:

@@ -10,32 +10,21 @@ import argparse
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from typing import NoReturn
 
 from moreh_tools import __version__
-from moreh_tools.runtime import ToolError
+from moreh_tools.launcher.request import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    PROG,
+    LaunchError,
+    Request,
+)
 
-PROG = "moreh-run"
 USAGE = "moreh-run [--token T] [--sda ID] [--priority P] [--] COMMAND..."
-EXIT_FAILED, EXIT_USAGE = 1, 2
-EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND = 126, 127
 _VALUE_OPTIONS = ("--token", "--sda", "--priority")
 SDA_ID_MAX = 2**31 - 1  # ids are 32-bit in the state
-
-
-class LaunchError(ToolError):
-    """Bad input or a refusal: one line for the user and an exit status."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the user asked for."""
-
-    token: str | None
-    sda: int | None
-    priority: int | None
-    command: tuple[str, ...]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,7 +27,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from moreh_tools import __version__
-from moreh_tools.launcher.cli import EXIT_CANNOT_EXECUTE, PROG, LaunchError, Request
+from moreh_tools.launcher.request import EXIT_CANNOT_EXECUTE, PROG, LaunchError, Request
 from moreh_tools.runtime import say
 
 if TYPE_CHECKING:

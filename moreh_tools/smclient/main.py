@@ -132,6 +132,7 @@ def run_line_here(
     """Run one console line against ``service``'s state (where the port runs it: this process or a daemon)."""
     from moreh_tools.smclient import registry
     from moreh_tools.smclient.args import UsageError, split_line
+    from moreh_tools.smclient.catalog import load_commands
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
     from moreh_tools.smclient.output import Message, Output, to_json
     from state.errors import StateError
@@ -155,6 +156,7 @@ def run_line_here(
         return failed(f"Cannot read the line ({exc}): close every quote you open.", EXIT_USAGE)
     if not words:
         return EXIT_OK
+    load_commands()
     try:
         if words[-1] == "?":  # 'COMMAND ?', 'update token ?', '?': printed below, like any result
             result: Output = Message(registry.help_for(words[:-1]))
@@ -204,7 +206,7 @@ def _setup_readline() -> None:
         import readline
     except ImportError:  # line editing is a comfort, not a requirement
         return
-    from moreh_tools.smclient.registry import load_commands
+    from moreh_tools.smclient.catalog import load_commands
     from state.paths import state_home
 
     names = sorted(n for n, c in load_commands().items() if not c.hidden)

@@ -99,24 +99,9 @@ def command(
     return register
 
 
-def load_commands() -> dict[str, Command]:
-    """Import every command module (each registers its commands) and return the table."""
-    from moreh_tools.smclient.commands import (  # noqa: F401
-        backends,
-        groups,
-        jobs,
-        sdas,
-        system,
-        tokens,
-        versions,
-    )
-
-    return REGISTRY
-
-
 def listing() -> str:
     """The full ``help`` listing in the seeds' format, sorted by command name."""
-    commands = load_commands()
+    commands = REGISTRY
     return "\n".join(commands[name].help_entry() for name in sorted(commands) if not commands[name].hidden)
 
 
@@ -127,7 +112,7 @@ def help_for(words: list[str]) -> str:
     command whose name starts with what was typed is listed, in the ``help`` format; a bare ``?`` is
     ``help``. Anything else raises UsageError (an unknown command, or arguments before the ``?``).
     """
-    commands = load_commands()
+    commands = REGISTRY
     typed = " ".join(words).lower()
     exact = commands.get(typed)
     if exact is not None:
@@ -146,7 +131,7 @@ def help_for(words: list[str]) -> str:
 def suggest(words: list[str]) -> str | None:
     """Return the registered command closest to what was typed, if any is close enough."""
     best: tuple[float, str] | None = None
-    for name in load_commands():
+    for name in REGISTRY:
         if REGISTRY[name].hidden:
             continue
         typed = " ".join(words[: len(name.split())]).lower()
@@ -158,7 +143,7 @@ def suggest(words: list[str]) -> str | None:
 
 def resolve(words: list[str]) -> tuple[Command, list[str]]:
     """Return the command that the words name and its arguments, or raise UsageError."""
-    commands = load_commands()
+    commands = REGISTRY
     for size in range(min(len(words), 4), 0, -1):
         name = " ".join(words[:size]).lower()
         found = commands.get(name)

@@ -10,10 +10,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from moreh_tools.api.app import forget_token
 from moreh_tools.api.auth import CallerDep, require_admin, require_self_or_admin
 from moreh_tools.api.errors import SYNTAX, ApiError
 from moreh_tools.api.params import first_given, param
+from moreh_tools.api.tokens import forget_token
 from moreh_tools.api.views import TokenViews, command_text, store_of, success
 
 router = APIRouter(tags=["Token"])
