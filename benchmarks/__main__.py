@@ -11,7 +11,7 @@ from benchmarks import Figure, figure_table, progress
 
 # Every benchmark module, in the order they run. Adding one: write benchmarks/bench_x.py with
 # main(quick: bool = False) -> list[Figure], then add "bench_x" here.
-MODULES = ["bench_smclient", "bench_scheduler", "bench_scheduler_sim", "bench_moreh_smi", "bench_jobs", "bench_dashboard", "bench_soak", "bench_api"]
+MODULES = ["bench_smclient", "bench_scheduler", "bench_scheduler_sim", "bench_moreh_smi", "bench_jobs", "bench_dashboard", "bench_soak", "bench_api", "bench_daemon"]
 
 
 def _module_name(name: str) -> str:

@@ -15,6 +15,12 @@ router = APIRouter(tags=["Check"])
 CHECK_TYPES = ("api", "ipmi", "db", "grpc")
 
 
+@router.get("/api/v1/ping", summary="Liveness: a constant answer, no token, no state read (extension)")
+async def ping() -> dict[str, bool]:
+    """``{"pong": true}`` for load balancers and probes; the benchmarks' ceiling of what the server can answer."""
+    return {"pong": True}
+
+
 @router.get("/api/check", summary="Health of the API, DB, scheduler (gRPC) or IPMI")
 def check(request: Request, caller: CallerDep) -> str:
     """``"success"``, or the failing part's code: 601 db, 602 grpc (the scheduler daemon), 603 ipmi.
