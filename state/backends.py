@@ -353,6 +353,11 @@ class BackendRepository:
         rows = self.s.all("SELECT idx, uuid FROM devices WHERE backend_id = ? AND uuid IS NOT NULL", [backend_id])
         return {int(index): str(uuid) for index, uuid in rows}
 
+    def devices_of(self, backend_id: int) -> dict[int, str | None]:
+        """Index -> UUID (None: not described by a GPU provider yet) of each of the backend's devices."""
+        rows = self.s.all("SELECT idx, uuid FROM devices WHERE backend_id = ?", [backend_id])
+        return {int(index): (str(uuid) if uuid is not None else None) for index, uuid in rows}
+
     def device_indexes(self, backend_id: int) -> set[int]:
         """The indexes of the backend's devices."""
         return {int(r[0]) for r in self.s.all("SELECT idx FROM devices WHERE backend_id = ?", [backend_id])}
@@ -449,16 +454,29 @@ class BackendRepository:
 
         The history (``/api/signal``, ``/metrics``) keeps ``MOREH_SAMPLE_RETENTION_S`` seconds (default a day).
         """
+        if not samples:
+            return
         now = time.time() if at is None else at
-        self.s.executemany(
-            "INSERT INTO device_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [[now, backend_id, d.index, *_figures(d)] for d in samples],
+        # One statement each for all the devices: DuckDB's executemany runs a statement per row (~1.5 ms each),
+        # and 60 hosts of 8 GPUs report 240 device samples a second.
+        rows = "(" + ", ".join("?" * 9) + ")"
+        self.s.execute(
+            f"INSERT INTO device_samples VALUES {', '.join([rows] * len(samples))}",
+            [value for d in samples for value in (now, backend_id, d.index, *_figures(d))],
         )
         _prune_samples(self.s, now)
-        self.s.executemany(
-            "UPDATE devices SET memory_total_mib = ?, memory_used_mib = ?, util_gpu = ?, util_mem = ?, temp_gpu = ?, "
-            "temp_mem = ?, sampled_at = now() WHERE backend_id = ? AND idx = ?",
-            [[*_figures(d), backend_id, d.index] for d in samples],
+        # CASE on the index rather than a join against VALUES: DuckDB plans the join at ~4x the cost.
+        columns = ("memory_total_mib", "memory_used_mib", "util_gpu", "util_mem", "temp_gpu", "temp_mem")
+        cases = " ".join("WHEN ? THEN ?" for _ in samples)
+        params: list[object] = []
+        for column_number in range(len(columns)):
+            for d in samples:
+                params += [d.index, _figures(d)[column_number]]
+        assignments = ", ".join(f"{column} = CASE idx {cases} ELSE {column} END" for column in columns)
+        self.s.execute(
+            f"UPDATE devices SET {assignments}, sampled_at = now() "
+            f"WHERE backend_id = ? AND idx IN ({', '.join('?' * len(samples))})",
+            [*params, backend_id, *(d.index for d in samples)],
         )
 
 

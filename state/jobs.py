@@ -101,13 +101,6 @@ class JobRepository:
         row = self.s.one("SELECT id FROM jobs WHERE sda_id = ? ORDER BY id LIMIT 1", [sda_id])
         return self.find(int(row[0])) if row else None
 
-    def active_ids_on_backend(self, backend_id: int) -> list[int]:
-        """The ids of the jobs running on backend ``backend_id``'s host that hold devices (SUBMITTED or RUNNING)."""
-        rows = self.s.all(
-            "SELECT id FROM jobs WHERE backend_id = ? AND status IN ('SUBMITTED', 'RUNNING')", [backend_id]
-        )
-        return [int(r[0]) for r in rows]
-
     def on_backend(self, backend_id: int) -> list[Job]:
         """The jobs (queued or running) whose process runs on backend ``backend_id``'s host."""
         return self._select("WHERE backend_id = ?", [backend_id])

@@ -672,7 +672,9 @@ def test_a_user_cannot_make_the_master_or_a_host_daemon_kill_a_process_of_its_ch
         with api_server.client(user) as client:
             sdas = [sda["id"] for sda in client.get("/api/sdamanager/sda").json()]
         here = api_server.daemon.owner.ctx
-        launcher = {"launcher_pid": 4242, "launcher_create_time": 1.0, "process": "x", "ip": ""}
+        # A live launcher (this test's process): the daemon's ticks end the jobs of dead ones as lost.
+        me = psutil.Process()
+        launcher = {"launcher_pid": me.pid, "launcher_create_time": me.create_time(), "process": "x", "ip": ""}
         # On the master's own host the server checks the claim at once.
         status, answer = api_server.op("job_submit", user, sda=sdas[0], host=here.host, machine_id=here.machine_id,
                                        **launcher)

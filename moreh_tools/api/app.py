@@ -29,6 +29,7 @@ from moreh_tools.api.errors import (
 )
 from moreh_tools.api.params import BODY_PARAMS_KEY, param_specs
 from moreh_tools.api.ratelimit import RateLimiter
+from moreh_tools.api.read_cache import ReadCache
 from moreh_tools.api.routes import ROUTER_MODULES
 from moreh_tools.api.tokens import TokenCache
 from state.errors import StateError
@@ -246,6 +247,7 @@ def create_app(store: StateStore, hub: JobHub, *, host: str, machine_id: str, ow
     app.state.machine_id = machine_id
     app.state.owner_uid = owner_uid
     app.state.token_cache = TokenCache()
+    app.state.read_cache = ReadCache()
     app.state.rate_limiter = RateLimiter.from_env()
     app.state.started = time.time()
     routers: list[APIRouter] = []

@@ -1,7 +1,8 @@
 """Who is on the other end of a Unix-socket request: the peer's uid, from the kernel (SO_PEERCRED).
 
-uvicorn puts no peer credentials in the ASGI scope, so the daemon serves with a protocol class that
-reads them when a Unix-socket connection is made and records them as the scope's ``client``:
+uvicorn puts no peer credentials in the ASGI scope, so the daemon serves with a protocol class
+(:mod:`moreh_tools.api.protocol`) that reads them when a Unix-socket connection is made and records
+them as the scope's ``client``:
 ``("unix", uid)``. A TCP client's ``client`` is its IP address and port, never ``"unix"``, so the
 mark cannot be forged over the network.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import socket
 import struct
 from typing import Any
-
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 UNIX_CLIENT = "unix"
 
@@ -25,17 +24,6 @@ def peer_uid(sock: socket.socket) -> int | None:
         return None
     _pid, uid, _gid = struct.unpack("3i", raw)
     return uid
-
-
-class PeerCredentialsProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, recording a Unix-socket peer's uid as the request's client."""
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family == socket.AF_UNIX:
-            uid = peer_uid(sock)
-            self.client = (UNIX_CLIENT, uid if uid is not None else -1)
 
 
 def unix_peer(scope_client: Any) -> int | None:

@@ -136,22 +136,24 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
 
 
 def make_server(app: Any) -> Any:
-    """A uvicorn server for ``app``: peer credentials on Unix sockets, forwarded headers only from named proxies."""
+    """A uvicorn server for ``app``: peer credentials on Unix sockets, a deadline per request, forwarded headers
+    only from named proxies."""
     import uvicorn
 
     from moreh_tools.api.errors import literal_status
-    from moreh_tools.api.peer import PeerCredentialsProtocol
+    from moreh_tools.api.protocol import DaemonProtocol, request_deadline_s
 
     if literal_status():
         allow_moreh_status_codes()
     proxies = trusted_proxies()
+    protocol = type("DaemonProtocol", (DaemonProtocol,), {"deadline_s": request_deadline_s()})
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
-        http=PeerCredentialsProtocol,
+        http=protocol,
         proxy_headers=proxies is not None,
         forwarded_allow_ips=proxies or "",
     )

@@ -33,6 +33,8 @@ DEFAULT_API_PORT = 8737
 LONG_POLL_S = 30.0
 _ANSWER_SLACK_S = 15.0
 _CALL_TIMEOUT_S = 60.0
+#: How many times one call follows the state from a daemon to the file or back before it gives up.
+_HANDOVERS = 5
 
 
 class Port(Protocol):
@@ -287,34 +289,37 @@ class LocalPort:
         return self._client
 
     def call(self, op: Op[T], /, **kwargs: Any) -> T:
-        """Run ``op`` through the daemon if one runs, else in this process."""
+        """Run ``op`` through the daemon if one runs, else in this process.
+
+        The state may change hands while a call is under way: a daemon killed before it answered (an idempotent
+        op is asked again, of a new daemon or of the file; another is not, it may have taken effect), or a
+        daemon that took the file's lock while this process waited for it (the op goes to the daemon).
+        """
         from moreh_tools.port.http import TransportError
         from state.errors import StateOwnedElsewhere, StateUnavailableError
 
-        client = self._daemon()
-        if client is not None:
-            try:
-                return client.call(op, kwargs)
-            except TransportError as exc:
-                client.close()
-                self._client = None
-                if exc.sent and not op.idempotent:
-                    raise StateUnavailableError(
-                        f"sdamanager stopped while handling the request ({exc}); check whether it took effect "
-                        "before trying again."
-                    ) from None
-                again = self._daemon()
-                if again is not None:  # a new daemon already
-                    return again.call(op, kwargs)
-        try:
-            return self._in_process(op, kwargs)
-        except StateOwnedElsewhere:
+        for _ in range(_HANDOVERS):
             client = self._daemon()
-            if client is None:
-                raise StateUnavailableError(
-                    f"The state at {self.home} is owned by sdamanager, but its socket {self.socket} does not answer."
-                ) from None
-            return client.call(op, kwargs)
+            if client is not None:
+                try:
+                    return client.call(op, kwargs)
+                except TransportError as exc:
+                    client.close()
+                    self._client = None
+                    if exc.sent and not op.idempotent:
+                        raise StateUnavailableError(
+                            f"sdamanager stopped while handling the request ({exc}); check whether it took effect "
+                            "before trying again."
+                        ) from None
+                    continue  # gone before it answered: a new daemon, or the file once its lock is free
+            try:
+                return self._in_process(op, kwargs)
+            except StateOwnedElsewhere:
+                continue  # a daemon took the state while this process waited for it: ask the daemon
+        raise StateUnavailableError(
+            f"The state at {self.home} changed hands {_HANDOVERS} times during one request (sdamanager starting "
+            "and stopping); try again once it runs or stays stopped."
+        )
 
     def context(self) -> ServiceContext:
         """The services' context for running ops in this process (the caller owns the state file)."""

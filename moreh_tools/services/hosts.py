@@ -69,10 +69,18 @@ def register_host(ctx: ServiceContext, *, host: str, ip: str, machine_id: str, g
 
 
 def record_in(
-    s: Session, backend_id: int, samples: Sequence[GpuSample], processes: Sequence[ProcessSample]
+    s: Session,
+    backend_id: int,
+    samples: Sequence[GpuSample],
+    processes: Sequence[ProcessSample],
+    known: set[int] | None = None,
 ) -> tuple[Release, ...]:
-    """Record one report of a backend's GPUs and of its jobs' GPU processes; the jobs someone asked to stop."""
-    known = s.backends.device_indexes(backend_id)
+    """Record one report of a backend's GPUs and of its jobs' GPU processes; the jobs someone asked to stop.
+
+    ``known`` is the backend's device indexes when the caller already read them (one query less per report).
+    """
+    if known is None:
+        known = s.backends.device_indexes(backend_id)
     sampled = [
         Device(
             backend_id,
@@ -91,8 +99,9 @@ def record_in(
     if sampled:
         s.backends.record_samples(backend_id, sampled)
     s.backends.touch(backend_id)
+    jobs = s.jobs.on_backend(backend_id)
     rows: dict[int, list[tuple[int, str, int, int | None, int | None]]] = {
-        job_id: [] for job_id in s.jobs.active_ids_on_backend(backend_id)
+        job.id: [] for job in jobs if job.status in ACTIVE_JOB_STATUSES
     }
     for proc in processes:
         if proc.job_id in rows:
@@ -101,7 +110,7 @@ def record_in(
         s.jobs.record_processes(job_id, job_rows)
     return tuple(
         Release(job.id, job.pid, job.pid_create_time)
-        for job in s.jobs.on_backend(backend_id)
+        for job in jobs
         if job.release_requested and job.status != "QUEUED"
     )
 
@@ -124,9 +133,11 @@ def report(
     require_host(ctx.caller, "Reporting a host's GPUs")
     with ctx.write(f"sample gpus {host}") as s:
         backend_id = find_host(s, machine_id, host)
-        if backend_id is None or len(s.backends.described_devices(backend_id)) < len(gpus):
+        devices = s.backends.devices_of(backend_id) if backend_id is not None else {}
+        if backend_id is None or sum(uuid is not None for uuid in devices.values()) < len(gpus):
             backend_id = register_in(s, host=host, ip=ip, machine_id=machine_id, gpus=gpus)
-        releases = record_in(s, backend_id, samples, processes)
+            devices = s.backends.devices_of(backend_id)
+        releases = record_in(s, backend_id, samples, processes, set(devices))
     return HostReply(backend_id, releases)
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from moreh_tools.api.auth import ApiCaller, CallerDep
 from moreh_tools.api.errors import NOT_FOUND, SYNTAX, ApiError
 from moreh_tools.api.params import param
+from moreh_tools.api.read_cache import cached_answer
 from moreh_tools.api.views import TokenViews, history_info, job_info, service_context, store_of, success
 from state.queue import queue_positions
 from state.records import Job
@@ -59,13 +60,17 @@ def get_queue(request: Request, caller: CallerDep) -> Any:
         wanted = QUEUE_STATUSES.get(status.strip().lower())
         if wanted is None:
             raise ApiError(SYNTAX, f"SyntaxError. Parameter 'status' must be running or waiting, got '{status[:40]}'.")
-    with store_of(request).reading() as s:
-        jobs = s.jobs.all() if caller.reads_all else s.jobs.of_token(caller.token)
-        positions = queue_positions(s)
-        jobs = [j for j in jobs if (wanted is None or j.status in wanted) and (job_id is None or j.id == job_id)]
-        jobs.sort(key=lambda j: (j.status == "QUEUED", positions.get(j.id, 0), j.id))
-        views = TokenViews(s, caller, {j.token for j in jobs})
-        return [job_info(j, views, positions.get(j.id)) for j in jobs]
+
+    def compute() -> list[dict[str, Any]]:
+        with store_of(request).reading() as s:
+            jobs = s.jobs.all() if caller.reads_all else s.jobs.of_token(caller.token)
+            positions = queue_positions(s)
+            jobs = [j for j in jobs if (wanted is None or j.status in wanted) and (job_id is None or j.id == job_id)]
+            jobs.sort(key=lambda j: (j.status == "QUEUED", positions.get(j.id, 0), j.id))
+            views = TokenViews(s, caller, {j.token for j in jobs})
+            return [job_info(j, views, positions.get(j.id)) for j in jobs]
+
+    return cached_answer(request, caller, compute)
 
 
 @router.put("/api/scheduler/queue", summary="Change a waiting job's priority (reorders the queue)")

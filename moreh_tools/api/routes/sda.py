@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from moreh_tools.api.auth import CallerDep, require_admin, require_self_or_admin
 from moreh_tools.api.errors import NOT_FOUND, ApiError
 from moreh_tools.api.params import first_given, param
+from moreh_tools.api.read_cache import cached_answer
 from moreh_tools.api.views import SdaViews, command_text, store_of, success
 from state.reports import job_processes
 
@@ -46,15 +47,19 @@ def get_sda(request: Request, caller: CallerDep) -> Any:
         token = caller.token
     if token is not None and not caller.reads_all:
         require_self_or_admin(caller, token)
-    with store_of(request).reading() as s:
-        sdas = s.sdas.of_token(token) if token is not None else s.sdas.all()
-        if sda_id is not None:
-            sdas = [sda for sda in sdas if sda.id == sda_id]
-            if not sdas:
-                raise ApiError(NOT_FOUND, f"SDA {sda_id} not found.", 404)
-        views = SdaViews(s, caller, sdas)
-        shown = [views.sda(sda) for sda in sdas]
-    return shown[0] if sda_id is not None else shown
+
+    def compute() -> Any:
+        with store_of(request).reading() as s:
+            sdas = s.sdas.of_token(token) if token is not None else s.sdas.all()
+            if sda_id is not None:
+                sdas = [sda for sda in sdas if sda.id == sda_id]
+                if not sdas:
+                    raise ApiError(NOT_FOUND, f"SDA {sda_id} not found.", 404)
+            views = SdaViews(s, caller, sdas)
+            shown = [views.sda(sda) for sda in sdas]
+        return shown[0] if sda_id is not None else shown
+
+    return cached_answer(request, caller, compute)
 
 
 @router.post("/api/sdamanager/sda", summary="Create an SDA for a token")
