@@ -250,6 +250,13 @@ def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
     assert done.stderr.strip() == f"sdamanager: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
+def test_an_address_that_cannot_be_served_is_one_line_without_the_exposure_warning(tmp_path: Path) -> None:
+    done = _sdamanager("--api", "notaport", home=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("sdamanager: cannot resolve 'notaport': "), done.stderr  # the resolver's words follow
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
 def test_listening_beyond_loopback_warns(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [str(BIN / "sdamanager"), "--api", "0.0.0.0:0"],
@@ -259,10 +266,13 @@ def test_listening_beyond_loopback_warns(tmp_path: Path) -> None:
     )
     try:
         assert process.stderr is not None
-        first = process.stderr.readline()
-        assert first.startswith("sdamanager: warning: the API on 0.0.0.0:0 is reachable from other machines")
+        said = []
         while "serving the API" not in (line := process.stderr.readline()):
             assert line, "server ended before serving"
+            said.append(line)
+        assert any(
+            line.startswith("sdamanager: warning: the API on 0.0.0.0:0 is reachable from other machines") for line in said
+        ), said
         port = int(line.split("http://0.0.0.0:")[1].split()[0])
         # /metrics needs no token over loopback, but does over any other address.
         assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200

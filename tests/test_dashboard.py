@@ -573,6 +573,25 @@ def test_help_on_question_mark_and_q_quits(cluster: Cluster) -> None:
     run(scenario())
 
 
+def test_a_view_key_this_access_does_not_open_says_why(cluster: Cluster) -> None:
+    """Issue 15: ``a`` with a USER token and ``u`` without a token answer in a toast instead of doing nothing."""
+
+    async def scenario(token: str | None, key: str, expected: str) -> None:
+        app = make_app(source_for(cluster, token))
+        async with app.run_test(notifications=True, size=(100, 30)) as pilot:
+            await settle(app, pilot)
+            view = app.view
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.view == view
+            assert app.said, "nothing was said"
+            assert expected in app.said[-1], app.said
+            assert expected in screen_text(app)
+
+    run(scenario(cluster.alice, "a", "The admin view needs an ADMIN token"))
+    run(scenario(None, "u", "The user view needs a token"))
+
+
 def test_says_when_a_daemon_runs(cluster: Cluster, moreh_home: Path) -> None:
     """A daemon that starts while the dashboard is up takes the state over; the dashboard follows it there."""
 

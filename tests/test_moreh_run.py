@@ -671,3 +671,45 @@ def test_a_job_whose_release_was_cut_short_before_its_command_started_still_ends
     assert gone(int(pid_file.read_text()))
     assert history(smc, job["id"])["end_reason"] == "released"
     assert queue(smc) == []
+
+
+# -- one machine is one backend, whatever its name (issue 15) ----------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["admin-renames-the-backend", "another-hostname", "both"])
+def test_busy_gpus_are_never_handed_out_again_under_another_name(
+    smc: Smc, user: Callable[..., str], tmp_path: Path, how: str
+) -> None:
+    first, second = user(model=4), user(model=4)  # 8 GPUs each: both cannot run at once
+    blocker, stop = start_blocker(first, tmp_path)
+    env: dict[str, str] = {}
+    if how != "another-hostname":
+        ok(smc("update backend host 1 gpu-node-01"), "Update Backend Host success.")
+    if how != "admin-renames-the-backend":
+        env["MOREH_HOSTNAME"] = "the-same-machine"
+    waiting = start(PY, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])", token=second, env=env)
+    wait_for_stderr(waiting, "waits in the queue")
+    backends = ok(smc("show backend", json=True)).json
+    assert len(backends) == 1, backends  # the machine's GPUs are registered once
+    expected_name = "gpu-node-01" if how != "another-hostname" else HOST
+    assert backends[0]["name"] == expected_name
+    assert waiting.poll() is None, "the second 8-GPU job ran while the first held every GPU"
+    stop.touch()
+    assert blocker.wait(timeout=30) == 0
+    assert waiting.wait(timeout=30) == 0
+    assert queue(smc) == []
+
+
+def test_simulated_gpus_are_checked_and_counted_on_every_run(smc: Smc, user: Callable[..., str]) -> None:
+    """Issue 15: MOREH_FAKE_GPUS raised after registration adds its GPUs; a bad value is refused even then."""
+    token = user(model=1)
+    assert moreh_run("true", token=token).returncode == 0  # registers the host with 8 GPUs
+    assert moreh_run("true", token=token, env={"MOREH_FAKE_GPUS": "10"}).returncode == 0
+    [backend] = ok(smc("show backend", json=True)).json
+    assert [device["index"] for device in backend["devices"]] == list(range(10))
+    for bad in ("abc", "-1", "65"):
+        run = moreh_run("true", token=token, env={"MOREH_FAKE_GPUS": bad})
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.startswith(f"moreh-run: invalid MOREH_FAKE_GPUS='{bad}': use N or N:MiB"), run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr
+    assert queue(smc) == []

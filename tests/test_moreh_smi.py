@@ -243,7 +243,7 @@ def test_an_idle_device_prints_the_reference_layout(smi: Run, user: User) -> Non
     assert result.err == ""
     assert result.out == (
         "+------------------------------------------------------------------------------------------+\n"
-        "|                                          Current Version: 0.1.0  Latest Version: 24.5.0  |\n"
+        "|                                         Current Version: 24.5.0  Latest Version: 24.5.0  |\n"
         "+------------------------------------------------------------------------------------------+\n"
         "|  Device  |    Name     |     Model     |  Memory Usage  |  Total Memory  |  Utilization  |\n"
         "+==========================================================================================+\n"
@@ -376,6 +376,8 @@ def test_help_is_the_reference_text_and_loads_nothing_heavy(smi: Run) -> None:
     for expected in (
         "  -h, --help             provide information about available command switches and their options",
         "  -s, --server-version   print Moreh Framework version information",
+        # -r also cancels waiting jobs (issue 15): the help says so.
+        "  -r, --reset            stop the running process and cancel the waiting ones (of every device, or of the",
         "  device --add [model_id]       add a device corresponding to model_id",
         "  device --switch [device_id]   switch to the device corresponding to [device_id]",
         "Device Options operate interactively if there are no optional arguments([model_id], [device_id]).",
@@ -645,3 +647,14 @@ def test_a_moreh_run_job_shows_the_simulated_memory_and_its_gpus(
     assert (released.code, released.out) == (0, "Device release success.\n")
     assert running_job.wait(timeout=15) != 0
     assert "Processes:" not in script().out
+
+
+def test_model_numbers_stay_put_when_an_admin_regroups_models(smi: Run, user: User, smc: Any) -> None:
+    """Issue 15: the number a user types keeps naming the same model after ``create sdamodelgroup``."""
+    before = smi("device", "--list").out.splitlines()
+    assert before[:3] == ["1. Small.64GB", "2. Medium.128GB", "3. Large.256GB"]
+    assert smc("create sdamodelgroup mg1 0 1,2").code == 0
+    after = smi("device", "--list").out.splitlines()
+    assert [line.split(" ")[:2] for line in after[: len(before)]] == [line.split(" ")[:2] for line in before]
+    assert "|    2     |  Moreh SDA  |  Small.64GB   |" in smi("device", "--add", "1").out
+    assert "|    3     |  Moreh SDA  |  Large.256GB  |" in smi("device", "--add", "id:3").out  # the model id too

@@ -779,3 +779,54 @@ def test_the_end_of_a_job_is_recorded_even_past_the_rate_limit(tmp_path: Path) -
         assert master_read(server, "SELECT end_reason, exit_code FROM job_history") == [("failed", 3)]
     finally:
         stop_api_server(server)
+
+
+def test_five_hosts_on_one_host_token_outlast_any_rate_budget(tmp_path: Path) -> None:
+    """Host reports never spend a per-token budget: 5 hosts sharing one HOST token report past 3 budgets' worth.
+
+    The master allows 10 requests per 10 minutes per token here; the hosts send more than 30 reports in a
+    few seconds and every one is recorded. A user's requests with their own token still meet the budget.
+    """
+    from tests.conftest import start_api_in_process, stop_api_server
+
+    server = start_api_in_process(tmp_path / "master", env={"MOREH_API_RATE": "10/600"})
+    try:
+        with server.store.transaction("test: a HOST token and a user") as s:
+            host_token = s.tokens.create("hosts")
+            s.tokens.update_access_level(host_token, "HOST")
+            user = s.tokens.create("someone")
+        hosts = [f"budget-host-{n}" for n in range(5)]
+        daemons = [
+            subprocess.Popen(
+                [str(BIN / "sdamanager"), "--interval", "0.2"],
+                env=host_env(server, tmp_path, host, host_token),
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / f"{host}.log").open("wb"),
+            )
+            for host in hosts
+        ]
+        reports: dict[str, set[Any]] = {host: set() for host in hosts}
+
+        def seen() -> bool:
+            for host, stamp in master_read(server, "SELECT host, last_seen FROM backends WHERE host LIKE 'budget-host-%'"):
+                if stamp is not None:
+                    reports[host].add(stamp)  # each report stamps its backend anew
+            return all(len(stamps) >= 8 for stamps in reports.values())
+
+        try:
+            wait_until(seen, "every host to report 8 times (40 reports, 4 budgets' worth)", timeout=60)
+        finally:
+            for daemon in daemons:
+                daemon.terminate()
+            codes = [daemon.wait(timeout=20) for daemon in daemons]
+        logs = {host: (tmp_path / f"{host}.log").read_text(errors="replace") for host in hosts}
+        assert codes == [0] * 5, logs
+        for host, log in logs.items():
+            assert "too many requests" not in log.lower(), (host, log)
+            assert "rate limit" not in log.lower(), (host, log)
+        with server.client(user) as client:
+            statuses = [client.get("/api/sdamanager/sda").status_code for _ in range(11)]
+        assert statuses[:10] == [200] * 10
+        assert statuses[10] == 429  # the same master still limits everyone else
+    finally:
+        stop_api_server(server)

@@ -167,24 +167,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _api_address(text: str | None, once: bool) -> tuple[str, int] | None:
-    """The API's (host, port) from ``--api``, or None without it; warns when it is not loopback-only."""
+    """The API's (host, port) from ``--api``, or None without it."""
     if text is None:
         return None
     if once:
         raise _UsageError("--api serves until stopped; it cannot be combined with --once")
-    from moreh_tools.api.server import AddressError, is_loopback, parse_address
+    from moreh_tools.api.server import AddressError, parse_address
 
     try:
-        host, port = parse_address(text)
+        return parse_address(text)
     except AddressError as exc:
         raise _UsageError(str(exc)) from None
-    if not is_loopback(host):
+
+
+def _warn_if_exposed(address: tuple[str, int] | None) -> None:
+    """Say so when the API (listening by now) is reachable from other machines."""
+    from moreh_tools.api.server import is_loopback
+
+    if address is not None and not is_loopback(address[0]):
         print(
-            f"{PROG}: warning: the API on {host}:{port} is reachable from other machines; every request still "
-            "needs a token, but put TLS (a reverse proxy) in front of it",
+            f"{PROG}: warning: the API on {address[0]}:{address[1]} is reachable from other machines; every request "
+            "still needs a token, but put TLS (a reverse proxy) in front of it",
             file=sys.stderr,
         )
-    return host, port
 
 
 def _provider() -> GpuProvider | None:
@@ -216,6 +221,7 @@ def _serve_state(home: Path, interval: float, once: bool, address: tuple[str, in
         except (StateError, AddressError) as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        _warn_if_exposed(address)  # only once it listens: an address that cannot be served gets its error alone
         _log(
             f"running (pid {os.getpid()}, backend {daemon.backend_id} '{daemon.owner.ctx.host if daemon.owner else ''}', "
             f"{provider.description}, every {interval:g} s, state {home})"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -30,6 +31,8 @@ from moreh_tools.dashboard.widgets.tables import AdminJobTable, HistoryTable, Li
 from moreh_tools.services.records import JobRow, ModelOption, Snapshot, SwitchChoices, View
 
 ACTIONS = ("release", "priority", "switch_model")
+#: The keys that switch views (bindings ``u`` and ``a``), for the reply to one this access does not open.
+VIEW_KEYS: dict[str, View] = {"u": "user", "a": "admin"}
 
 
 def problem_text(error: BaseException) -> str:
@@ -241,6 +244,20 @@ class DashboardApp(App[None]):
             wanted = parameters[0] if parameters else None
             return wanted in self.access.views and wanted != self.view
         return True
+
+    def on_key(self, event: events.Key) -> None:
+        """A view key this access does not open (its binding is hidden) says why instead of doing nothing."""
+        view = VIEW_KEYS.get(event.key)
+        if view is None or view in self.access.views:
+            return
+        event.stop()
+        if view == "admin":
+            self.say(f"The admin view needs an ADMIN token; {self.access.label} is not one.", "warning")
+        else:
+            self.say(
+                "The user view needs a token: start the dashboard with MOREH_SDA_TOKEN set (or a token file).",
+                "warning",
+            )
 
     def action_help(self) -> None:
         """Show the keys."""

@@ -83,6 +83,15 @@ def parse_fake_gpus(value: str) -> tuple[int, int] | None:
     return count, memory
 
 
+def simulated_requested(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``MOREH_FAKE_GPUS`` asks for simulated GPUs (cheap to list: no NVML); GpuUnavailableError when invalid.
+
+    Checked on every run, not only when a host registers, so a mistyped value never passes unnoticed.
+    """
+    text = (os.environ if env is None else env).get(FAKE_GPUS_VAR, "")
+    return bool(text.strip()) and parse_fake_gpus(text) is not None
+
+
 def _open_nvml() -> NvmlGpuProvider:
     """An initialised NVML provider with at least one device, or :class:`GpuUnavailableError`."""
     from moreh_tools.gpus.nvml import NvmlGpuProvider

@@ -109,7 +109,8 @@ class Launch:
     # -- queueing -------------------------------------------------------------------------------
 
     def _submit(self) -> Submitted:
-        """Queue the job and run a scheduling pass; the first job of an unregistered host sends its GPUs."""
+        """Queue the job and run a scheduling pass; the first job of an unregistered host sends its GPUs (and every
+        job of a host with simulated GPUs, whose count ``MOREH_FAKE_GPUS`` may have raised since)."""
         from moreh_tools.jobs import processes
         from moreh_tools.port import ops
         from state.errors import NotFoundError
@@ -126,13 +127,20 @@ class Launch:
             "machine_id": self.machine_id,
             "client_version": __version__,
         }
+        from moreh_tools import gpus, identity
+        from moreh_tools.gpus.base import GpuUnavailableError
+
+        try:
+            simulated = gpus.simulated_requested()
+        except GpuUnavailableError as exc:
+            raise LaunchError(str(exc)) from None
+        if simulated:  # cheap to list, and the count may have changed since the host registered: always sent
+            return self.port.call(ops.JOB_SUBMIT, ip=identity.host_ip(self.host), gpus=this_hosts_gpus(), **base)
         try:
             return self.port.call(ops.JOB_SUBMIT, ip="", **base)
         except NotFoundError as exc:
             if "not a registered backend" not in str(exc):
                 raise
-        from moreh_tools import identity
-
         return self.port.call(ops.JOB_SUBMIT, ip=identity.host_ip(self.host), gpus=this_hosts_gpus(), **base)
 
     def _tell_waiting(self, submitted: Submitted) -> None:

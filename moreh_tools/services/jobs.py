@@ -79,6 +79,9 @@ def submit(
                     "token (MOREH_SDA_TOKEN), or ask an admin to register it."
                 )
             backend_id = register_in(s, host=host, ip=ip, machine_id=machine_id, gpus=gpus)
+        elif gpus and ctx.caller.is_host:
+            # GPUs that appeared since the host registered (MOREH_FAKE_GPUS raised) join as IDLE; nothing else moves.
+            backend_id = register_in(s, host=host, ip=ip, machine_id=machine_id, gpus=gpus)
         again = s.jobs.of_launcher(backend_id, launcher_pid, launcher_create_time)
         if again is not None:
             job = s.jobs.get(again)

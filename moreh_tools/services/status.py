@@ -94,7 +94,10 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
     queued = [j for j in jobs if j.status == "QUEUED"]
     status = SmiStatus(
         token=token,
-        current_version=__version__,
+        # The worker version a job of this token runs with: the admin's latest (moreh-tools' own version while no
+        # worker version is registered, as on a fresh state). Comparing the tool's version with the workers' would
+        # make everyone look out of date once an admin registers 24.5.0 (issue 15).
+        current_version=owner.latest_version or __version__,
         latest_version=owner.latest_version,
         max_devices=owner.max_sda,
         current_device=owner.current_sda,

@@ -29,7 +29,8 @@ Usage: moreh-smi [-h | --help] [-r | --reset] [-s | --server-version] [-v | --ve
 
 Basic Options:
   -h, --help             provide information about available command switches and their options
-  -r, --reset            stop the running process (of every device, or of the one -i selects)
+  -r, --reset            stop the running process and cancel the waiting ones (of every device, or of the
+                         one -i selects)
   -s, --server-version   print Moreh Framework version information
   -v, --version          print current software version information
   -t, --token            print Moreh Solution token information

@@ -65,10 +65,11 @@ def _status(job: JobRow) -> Text:
     return Text(job.status.lower(), style=fmt.JOB_STYLES.get(job.status, ""))
 
 
-def _where(job: JobRow) -> Text:
-    if job.queued:
-        return Text(job.reason, style="yellow")
-    return Text(job.placed_on or job.host, style="dim")
+def _where(job: JobRow, width: int | None = None) -> Text:
+    text = Text(job.reason, style="yellow") if job.queued else Text(job.placed_on or job.host, style="dim")
+    if width is not None:
+        text.truncate(width, overflow="ellipsis")
+    return text
 
 
 class UserJobTable(LiveTable):
@@ -115,9 +116,10 @@ class AdminJobTable(LiveTable):
         ("queue", "#"),
         ("pri", "Pri"),
         ("gpus", "GPUs"),
+        # Process before the long reason text: at 80 columns a job is still recognisable (issue 15).
+        ("process", "Process"),
         ("where", "Waiting for / running on"),
         ("since", "Since"),
-        ("process", "Process"),
     )
 
     def show(self, jobs: Sequence[JobRow], now: datetime) -> None:
@@ -133,9 +135,9 @@ class AdminJobTable(LiveTable):
                         str(j.position) if j.position is not None else fmt.NONE,
                         str(j.priority),
                         str(j.device_count),
-                        _where(j),
+                        fmt.clip(j.process, 16) or fmt.NONE,
+                        _where(j, 40),  # the whole reason is in the user's view and in 'show job'; Since fits
                         fmt.clock(j.start_time or j.request_time, now),
-                        fmt.clip(j.process, 24) or fmt.NONE,
                     ),
                 )
                 for j in jobs
