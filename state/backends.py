@@ -434,7 +434,7 @@ class BackendRepository:
                     "registered twice (delete that backend, or fix the machine id of this host)."
                 )
         if backend_id is None:
-            backend_id = self.create(host, ip, 0)
+            backend_id = self.create(host, ip, len(devices))  # the event says how many GPUs it came with
         if machine_id and self.machine_of(backend_id) is None:
             self.claim_machine(backend_id, machine_id)
         known = self.device_indexes(backend_id)
