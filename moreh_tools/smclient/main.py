@@ -135,7 +135,7 @@ def run_line_here(
     from moreh_tools.smclient.catalog import load_commands
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
     from moreh_tools.smclient.output import Message, Output, to_json
-    from state.errors import StateError
+    from state.errors import BadRequestError, StateError
     from state.events import command_line
 
     out = out or sys.stdout
@@ -168,7 +168,7 @@ def run_line_here(
                 result = cmd.handler(ctx, args)
     except (ExitRequested, ClearRequested):
         raise
-    except UsageError as exc:
+    except (UsageError, BadRequestError) as exc:
         return failed(str(exc), EXIT_USAGE)
     except StateError as exc:
         return failed(str(exc), EXIT_FAILED)
