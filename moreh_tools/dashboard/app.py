@@ -221,7 +221,9 @@ class DashboardApp(App[None]):
                     f"Jobs · {len(admin.running)} running · {len(admin.queue)} queued, in scheduling order"
                 )
                 self.query_one(UsageTable).show(admin.usage)
-                self.query_one(FairShareTable).show(admin.fairshare)
+                fairshare = self.query_one(FairShareTable)
+                fairshare.display = bool(admin.fairshare)  # no user groups: no panel, the usage keeps the room
+                fairshare.show(admin.fairshare)
             self.query_one(EventLog).show(admin.events, snapshot.taken_at)
         self.query_one(StatusBar).show(
             view=self.view, daemon=snapshot.daemon_running, taken_at=snapshot.taken_at, simulated=simulated

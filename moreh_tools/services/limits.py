@@ -45,8 +45,9 @@ def limit_text(value: float | None) -> str:
     return "" if value is None else format_duration(value)
 
 
-def _merged(old: TimeLimits, default_text: str, max_text: str | None) -> TimeLimits:
-    default = parse_limit(default_text, "default time limit")
+def _merged(old: TimeLimits, default_text: str | None, max_text: str | None) -> TimeLimits:
+    """``old`` with the given texts applied (None: that limit unchanged); refused when the default is above the max."""
+    default = old.default if default_text is None else parse_limit(default_text, "default time limit")
     maximum = old.maximum if max_text is None else parse_limit(max_text, "maximum time limit")
     if default is not None and maximum is not None and default > maximum:
         raise InvalidValueError(
@@ -56,23 +57,34 @@ def _merged(old: TimeLimits, default_text: str, max_text: str | None) -> TimeLim
     return TimeLimits(default, maximum)
 
 
+def apply_token_limits(s: Session, token: str, default: str | None, maximum: str | None) -> TimeLimits:
+    """Inside the caller's transaction: set what is given of a token's default and maximum (``null`` clears)."""
+    _merged(TimeLimits(), default, maximum)  # bad usage before anything is read
+    limits = _merged(s.limits.of_token(token) if s.tokens.exists(token) else TimeLimits(), default, maximum)
+    s.limits.set_token(token, limits)
+    return limits
+
+
+def apply_model_limits(s: Session, model_id: int, default: str | None, maximum: str | None) -> TimeLimits:
+    """Inside the caller's transaction: set what is given of an SDA model's default and maximum (``null`` clears)."""
+    _merged(TimeLimits(), default, maximum)
+    limits = _merged(s.limits.of_model(model_id) if s.models.exists(model_id) else TimeLimits(), default, maximum)
+    s.limits.set_model(model_id, limits)
+    return limits
+
+
 def set_token_limits(ctx: ServiceContext, *, token: str, default: str, maximum: str | None = None) -> TimeLimits:
     """Set a token's default time limit and, when given, its maximum (``null`` clears); the limits now in force."""
-    # Parse before the transaction: bad usage must not wait for (or hold) the state lock.
-    _merged(TimeLimits(), default, maximum if maximum is not None else "null")
+    _merged(TimeLimits(), default, maximum)  # parse first: bad usage must not wait for (or hold) the state lock
     with ctx.write(f"update token timelimit {token} {default} {maximum or ''}".strip()) as s:
-        limits = _merged(s.limits.of_token(token) if s.tokens.exists(token) else TimeLimits(), default, maximum)
-        s.limits.set_token(token, limits)
-    return limits
+        return apply_token_limits(s, token, default, maximum)
 
 
 def set_model_limits(ctx: ServiceContext, *, model_id: int, default: str, maximum: str | None = None) -> TimeLimits:
     """Set an SDA model's default time limit and, when given, its maximum (``null`` clears); the limits now in force."""
-    _merged(TimeLimits(), default, maximum if maximum is not None else "null")
+    _merged(TimeLimits(), default, maximum)
     with ctx.write(f"update sdamodel timelimit {model_id} {default} {maximum or ''}".strip()) as s:
-        limits = _merged(s.limits.of_model(model_id) if s.models.exists(model_id) else TimeLimits(), default, maximum)
-        s.limits.set_model(model_id, limits)
-    return limits
+        return apply_model_limits(s, model_id, default, maximum)
 
 
 def job_limit(s: Session, token: str, model_id: int, requested: float | None) -> float | None:

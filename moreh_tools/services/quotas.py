@@ -15,11 +15,11 @@ The rules, once for the console, the API and ``moreh-smi quota``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from moreh_tools.services import settings
 from moreh_tools.services.caller import require_admin
+from moreh_tools.services.records import MyQuota, QuotaRow
 from state.errors import ConflictError, InvalidValueError, NotFoundError, UnknownTokenError
 from state.records import GroupQuota, QuotaRequest
 
@@ -30,23 +30,6 @@ if TYPE_CHECKING:
 
 MAX_REQUEST_DAYS = 365
 MAX_REASON = 500
-
-
-@dataclass(frozen=True)
-class QuotaRow:
-    """A quota as ``show quota`` lists it: the quota, its grants in force, and what the group uses now."""
-
-    quota: GroupQuota
-    used: int
-    borrowed: int
-
-
-@dataclass(frozen=True)
-class MyQuota:
-    """What ``moreh-smi quota`` shows a user: the quotas of the token's groups and the token's requests."""
-
-    quotas: tuple[QuotaRow, ...]
-    requests: tuple[QuotaRequest, ...]
 
 
 def set_quota(

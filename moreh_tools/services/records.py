@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from state.records import Event, Job
+from state.records import Event, GroupQuota, Job, QuotaRequest
 
 if TYPE_CHECKING:
     from state.records import SDA
@@ -559,3 +559,23 @@ class ProcessSample:
     name: str
     memory_mib: int
     index: int
+
+
+# -- quotas ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaRow:
+    """A quota as ``show quota`` lists it: the quota, its grants in force, and what the group uses now."""
+
+    quota: GroupQuota
+    used: int
+    borrowed: int
+
+
+@dataclass(frozen=True)
+class MyQuota:
+    """What ``moreh-smi quota`` shows a user: the quotas of the token's groups and the token's requests."""
+
+    quotas: tuple[QuotaRow, ...]
+    requests: tuple[QuotaRequest, ...]

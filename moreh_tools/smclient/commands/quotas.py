@@ -11,8 +11,7 @@ from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
 
 if TYPE_CHECKING:
-    from moreh_tools.services.quotas import QuotaRow
-    from moreh_tools.services.records import FairShareRow
+    from moreh_tools.services.records import FairShareRow, QuotaRow
     from state.records import QuotaRequest
 
 QUOTA_COLUMNS = [
