@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from scheduler_core.fairshare import DEFAULT_HALFLIFE_S
 from scheduler_core.scheduling import BACKFILL, Allocation, BackendState, Decision, Policy, Preemption, QueuedJob
+from scheduler_core.timelimits import format_duration
 from state.checks import check_priority
 from state.errors import ConflictError, InvalidValueError, NotFoundError
 from state.planning import SchedulingInputs, plan, save_plan, scheduling_snapshot
@@ -357,9 +358,12 @@ class JobRepository:
             reason = "released"
         if job.release_requested and not detail:
             detail = job.release_detail
-        elif job.preempting and reason in ("failed", "finished", "lost"):
+        elif job.preempting and reason in ("failed", "finished", "lost", "preempted"):
             reason = "preempted"
-            detail = f"preempted for job {job.preempted_for}" if job.preempted_for is not None else "preempted"
+            if not detail:
+                detail = f"preempted for job {job.preempted_for}" if job.preempted_for is not None else "preempted"
+        elif reason == "timeout" and not detail and job.time_limit is not None:
+            detail = f"it reached its time limit ({format_duration(job.time_limit)})"
         devices = json.dumps([{"host": d.backend_host, "backend_id": d.backend_id, "index": d.index} for d in job.devices])
         self.s.execute(
             f"INSERT INTO job_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
