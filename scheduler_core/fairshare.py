@@ -26,6 +26,9 @@ from collections.abc import Mapping
 NEUTRAL_FACTOR = 0.5
 """The factor of a job whose group has none (no group, or a group missing from the mapping)."""
 
+DEFAULT_HALFLIFE_S = 7 * 86400.0
+"""The usage half-life when none is configured: 7 days (Slurm's ``PriorityDecayHalfLife`` default)."""
+
 
 def decay(usage: float, elapsed: float, halflife: float) -> float:
     """Return ``usage`` decayed over ``elapsed`` seconds with the given half-life.

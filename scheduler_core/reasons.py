@@ -22,6 +22,7 @@ RESERVED_SDA = "ReservedSda"
 QUOTA_EXCEEDED = "QuotaExceeded"
 BORROWING_LIMIT_REACHED = "BorrowingLimitReached"
 PREEMPTING = "Preempting"
+STARTING = "Starting"
 
 REASON_CODES = MappingProxyType(
     {
@@ -42,6 +43,8 @@ REASON_CODES = MappingProxyType(
         "backend group",
         PREEMPTING: "borrowed jobs of other user groups are being stopped to give this job (within its group's "
         "quota) their devices; it starts when they have ended",
+        STARTING: "nothing holds the job back: the next scheduling pass starts it (a view read between two passes "
+        "sees this; the scheduler itself never leaves a job waiting with it)",
     }
 )
 """Every reason code a waiting job can get, with what it means (for docs, ``--help`` and UIs)."""

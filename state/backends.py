@@ -134,6 +134,7 @@ class BackendGroupRepository:
             "UPDATE model_groups SET backend_group_id = ? WHERE backend_group_id = ?",
             [DEFAULT_GROUP_ID, group_id],
         )
+        self.s.quotas.forget_backend_group(group_id)
         self.s.execute("DELETE FROM backend_groups WHERE id = ?", [group_id])
         self.s.events.record("DELETE_BACKENDGROUP", f"id={group_id} force={force}")
 

@@ -168,6 +168,7 @@ class UserGroupRepository(_ListGroupRepository):
 
     def _before_delete(self, group_id: int) -> None:
         self.s.execute("DELETE FROM memberships WHERE user_group_id = ?", [group_id])
+        self.s.quotas.forget_user_group(group_id)
 
     def all(self, group_id: int | None = None) -> list[UserGroup]:
         """Return every user group (or just ``group_id``) with its tokens."""

@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from scheduler_core.scheduling import Allocation, BackendState, Decision, QueuedJob, schedule
+from scheduler_core.fairshare import DEFAULT_HALFLIFE_S
+from scheduler_core.scheduling import BACKFILL, Allocation, BackendState, Decision, Policy, Preemption, QueuedJob
+from scheduler_core.timelimits import format_duration
 from state.checks import check_priority
 from state.errors import ConflictError, InvalidValueError, NotFoundError
+from state.planning import SchedulingInputs, plan, save_plan, scheduling_snapshot
 from state.queue import queue_positions, scheduling_inputs
 from state.records import END_REASONS, JOB_STATUSES, DeviceRef, HistoryEntry, Job, TokenUsage
 from state.reports import HISTORY_COLUMNS, USAGE_SPANS_SQL
@@ -30,8 +33,10 @@ _JOB_COLUMNS = (
     "id, token, sda_id, priority, status, host, pid, pid_create_time, launcher_pid, launcher_create_time, "
     "process_name, client_version, "
     "device_count, request_time, submit_time, start_time, release_requested, backend_id, guardian_pid, "
-    "guardian_create_time, release_detail"
+    "guardian_create_time, release_detail, time_limit, charged_group, fairshare_group, borrowed, preempting, "
+    "preempted_for, preempt_time"
 )
+_JOB_FIELDS = 28
 
 
 class JobRepository:
@@ -62,7 +67,7 @@ class JobRepository:
     def _select(self, where: str = "", params: list[Any] | None = None) -> list[Job]:
         rows = self.s.all(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", params)
         devices = self._devices([int(r[0]) for r in rows]) if len(rows) <= 500 else self._devices()
-        return [Job(*row[:21], devices=tuple(devices.get(int(row[0]), ()))) for row in rows]  # type: ignore[misc]
+        return [Job(*row[:_JOB_FIELDS], devices=tuple(devices.get(int(row[0]), ()))) for row in rows]  # type: ignore[misc]
 
     def get(self, job_id: int) -> Job:
         """Return a queued or running job or raise NotFoundError."""
@@ -124,8 +129,15 @@ class JobRepository:
         client_version: str = "",
         guardian_pid: int | None = None,
         guardian_create_time: float | None = None,
+        time_limit: float | None = None,
+        request_time: datetime | None = None,
     ) -> Job:
-        """Queue a job for one of the token's SDAs, to run on backend ``backend_id``; refuse what could never run."""
+        """Queue a job for one of the token's SDAs, to run on backend ``backend_id``; refuse what could never run.
+
+        ``time_limit``: the seconds it may hold its devices (None: unlimited), decided by the caller.
+        ``request_time``: when it was first asked for (a job requeued after a preemption keeps its place); now
+        when not given.
+        """
         owner = self.s.tokens.get(token)
         sda = self.s.sdas.get(sda_id)
         if sda.token != token:
@@ -169,10 +181,12 @@ class JobRepository:
         self.s.execute(
             "INSERT INTO jobs (id, token, sda_id, priority, status, host, launcher_pid, launcher_create_time, "
             "process_name, client_version, device_count, request_time, backend_id, guardian_pid, "
-            "guardian_create_time) VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
+            "guardian_create_time, time_limit) "
+            "VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, coalesce(?, now()), ?, ?, ?, ?)",
             [
                 job_id, token, sda_id, job_priority, host, launcher_pid, launcher_create_time, process_name,
-                client_version, model.devices, backend_id, guardian_pid, guardian_create_time,
+                client_version, model.devices, request_time, backend_id, guardian_pid, guardian_create_time,
+                time_limit,
             ],
         )
         self.s.events.record("CREATE_JOB", f"id={job_id} sda={sda_id} devices={model.devices}", token)
@@ -198,22 +212,42 @@ class JobRepository:
     # -- the scheduling pass --------------------------------------------------------------------
 
     def scheduling_inputs(self) -> tuple[list[BackendState], list[QueuedJob], dict[int, int], set[tuple[int, int]]]:
-        """Snapshot what the scheduler needs: backends, the queue, active jobs per SDA, reserved devices."""
+        """Snapshot the queue part of what the scheduler needs: backends, the queue, active jobs per SDA, reserved devices."""
         return scheduling_inputs(self.s)
 
-    def run_scheduling_pass(self) -> Decision:
-        """Decide and apply allocations for the queue; return the decision (allocations and reasons)."""
+    def snapshot(self, *, now: float | None = None, halflife: float = DEFAULT_HALFLIFE_S) -> SchedulingInputs:
+        """Everything a pass reads at ``now`` (default: the clock): see :func:`state.planning.scheduling_snapshot`."""
+        return scheduling_snapshot(self.s, now=time.time() if now is None else now, halflife=halflife)
+
+    def plan(
+        self, policy: Policy = BACKFILL, *, now: float | None = None, halflife: float = DEFAULT_HALFLIFE_S
+    ) -> tuple[SchedulingInputs, Decision]:
+        """The pass the scheduler would make now, without applying it (for views: reasons, estimates, order)."""
+        return plan(self.s, policy, now=time.time() if now is None else now, halflife=halflife)
+
+    def run_scheduling_pass(
+        self, policy: Policy = BACKFILL, *, now: float | None = None, halflife: float = DEFAULT_HALFLIFE_S
+    ) -> Decision:
+        """Decide and apply one pass: allocations, preemption marks, the plan for the next pass; return the decision.
+
+        Expired quota grants are marked first, so the quotas the pass uses are the ones in force at ``now``.
+        """
         started = time.perf_counter()
-        backends, queue, active, reserved = self.scheduling_inputs()
-        if not queue:
+        now = time.time() if now is None else now
+        self.s.quotas.expire(now)
+        inputs = self.snapshot(now=now, halflife=halflife)
+        if not inputs.queue:
+            save_plan(self.s, ())
             return Decision((), {})
-        decision = schedule(backends, queue, active, reserved)
-        self._apply(decision.allocations)
+        decision = inputs.decide(policy)
+        self._apply(decision.allocations, inputs)
+        self._mark_preempted(decision.preemptions, now)
+        save_plan(self.s, decision.reservations)
         if os.environ.get(LOCK_STATS_VAR):
             record_stat("pass", time.perf_counter() - started)
         return decision
 
-    def _apply(self, allocations: Sequence[Allocation]) -> None:
+    def _apply(self, allocations: Sequence[Allocation], inputs: SchedulingInputs | None = None) -> None:
         # One statement per table for the whole pass: per-device statements cost ~3 ms per job at
         # 1,000 backends, which made a pass starting 2,400 jobs take 8 s (benchmarks/bench_scheduler).
         if not allocations:
@@ -228,15 +262,47 @@ class JobRepository:
             "WHERE devices.backend_id = given.b AND devices.idx = given.i AND devices.status = 'IDLE'",
             [backend_ids, indexes],
         )
-        self.s.execute(
-            "UPDATE jobs SET status = 'SUBMITTED', submit_time = now() "
-            "WHERE id IN (SELECT unnest(?)) AND status = 'QUEUED'",
-            [[a.job_id for a in allocations]],
-        )
+        queued = {q.id: q for q in inputs.queue} if inputs is not None else {}
+        charged = [queued[a.job_id].charged_group if a.job_id in queued else None for a in allocations]
+        fair = [queued[a.job_id].fairshare_group if a.job_id in queued else None for a in allocations]
+        if any(g is not None for g in charged + fair) or any(a.borrowed for a in allocations):
+            self.s.execute(
+                "UPDATE jobs SET status = 'SUBMITTED', submit_time = now(), charged_group = given.c, "
+                "fairshare_group = given.f, borrowed = given.b "
+                "FROM (SELECT unnest(?::BIGINT[]) AS id, unnest(?::INTEGER[]) AS c, unnest(?::INTEGER[]) AS f, "
+                "unnest(?::BOOLEAN[]) AS b) AS given WHERE jobs.id = given.id AND jobs.status = 'QUEUED'",
+                [[a.job_id for a in allocations], charged, fair, [a.borrowed for a in allocations]],
+            )
+        else:
+            self.s.execute(
+                "UPDATE jobs SET status = 'SUBMITTED', submit_time = now() "
+                "WHERE id IN (SELECT unnest(?)) AND status = 'QUEUED'",
+                [[a.job_id for a in allocations]],
+            )
         self.s.events.record_many(
             "ALLOCATE_JOB",
-            [f"id={a.job_id} devices={','.join(f'{b}:{i}' for b, i in a.devices)}" for a in allocations],
+            [
+                f"id={a.job_id} devices={','.join(f'{b}:{i}' for b, i in a.devices)}" + (" borrowed" if a.borrowed else "")
+                for a in allocations
+            ],
         )
+
+    def _mark_preempted(self, preemptions: Sequence[Preemption], now: float) -> None:
+        """Mark each victim as being preempted (its launcher, told, stops it; it ends as ``preempted``)."""
+        for p in preemptions:
+            self.s.execute(
+                "UPDATE jobs SET preempting = TRUE, preempted_for = ?, preempt_time = ? "
+                "WHERE id = ? AND status <> 'QUEUED' AND NOT preempting",
+                [p.for_job, now, p.victim_id],
+            )
+            token = self.s.one("SELECT token FROM jobs WHERE id = ?", [p.victim_id])
+            self.s.events.record(
+                "PREEMPT_JOB", f"id={p.victim_id} for={p.for_job}: {p.reason}"[:500], str(token[0]) if token else ""
+            )
+
+    def preempting(self) -> list[Job]:
+        """The jobs being preempted (marked by a pass, not yet ended)."""
+        return self._select("WHERE preempting")
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -260,11 +326,21 @@ class JobRepository:
             [job_id],
         )
 
-    def finish(self, job_id: int, exit_code: int | None, reason: str, detail: str = "") -> HistoryEntry | None:
+    def finish(
+        self,
+        job_id: int,
+        exit_code: int | None,
+        reason: str,
+        detail: str = "",
+        *,
+        halflife: float = DEFAULT_HALFLIFE_S,
+        now: float | None = None,
+    ) -> HistoryEntry | None:
         """Move the job to history, free its devices (IDLE) and record their usage; None if already gone.
 
         A job someone asked to stop ends as ``released`` whatever its command did on the way out, with the
-        release's detail (who asked) unless ``detail`` says more.
+        release's detail (who asked) unless ``detail`` says more; a job being preempted ends as ``preempted``.
+        The device-seconds it held are added to its user group's fair-share usage (decayed with ``halflife``).
         """
         if reason not in END_REASONS:
             raise InvalidValueError(f"Unknown end reason '{reason}'.")
@@ -275,14 +351,25 @@ class JobRepository:
             reason = "released"
         if job.release_requested and not detail:
             detail = job.release_detail
+        elif job.preempting and reason in ("failed", "finished", "lost", "preempted"):
+            reason = "preempted"
+            if not detail:
+                detail = f"preempted for job {job.preempted_for}" if job.preempted_for is not None else "preempted"
+        elif reason == "timeout" and not detail and job.time_limit is not None:
+            detail = f"it reached its time limit ({format_duration(job.time_limit)})"
         devices = json.dumps([{"host": d.backend_host, "backend_id": d.backend_id, "index": d.index} for d in job.devices])
         self.s.execute(
-            f"INSERT INTO job_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
+            f"INSERT INTO job_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?, ?, ?)",
             [
                 job.id, job.token, job.sda_id, job.priority, job.host, job.pid, job.process_name, job.client_version,
-                job.device_count, devices, job.request_time, job.start_time, exit_code, reason, detail,
+                job.device_count, devices, job.request_time, job.start_time, exit_code, reason, detail, job.time_limit,
             ],
         )
+        held_since = job.submit_time or job.start_time
+        if job.fairshare_group is not None and held_since is not None and job.devices:
+            at = time.time() if now is None else now
+            used = len(job.devices) * max(0.0, at - held_since.timestamp())
+            self.s.fairshare.accrue(job.fairshare_group, used, at, halflife)
         if job.start_time is not None:
             self.s.execute(
                 "INSERT INTO device_usage SELECT ?, ?, backend_id, device_index, ?, now() FROM job_devices "

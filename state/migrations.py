@@ -245,12 +245,70 @@ def m005_host_identity(conn: Connection) -> None:
     conn.execute("UPDATE jobs SET backend_id = b.id FROM backends b WHERE b.host = jobs.host")
 
 
+def m006_time_limits_and_backfill_plan(conn: Connection) -> None:
+    """Job time limits (a default and a maximum per token and per SDA model, each job's own limit) and the
+    backfill plan of the last applied scheduling pass (each planned job's start and devices)."""
+    conn.execute(
+        """
+        CREATE TABLE token_time_limits (token VARCHAR PRIMARY KEY, default_s DOUBLE, max_s DOUBLE);
+        CREATE TABLE model_time_limits (model_id INTEGER PRIMARY KEY, default_s DOUBLE, max_s DOUBLE);
+        CREATE TABLE scheduler_plan (
+            job_id BIGINT NOT NULL, start_time DOUBLE NOT NULL, backend_id INTEGER NOT NULL, device_index INTEGER NOT NULL
+        );
+        DROP INDEX idx_jobs_token;
+        DROP INDEX idx_history_token;
+        ALTER TABLE jobs ADD COLUMN time_limit DOUBLE;
+        ALTER TABLE job_history ADD COLUMN time_limit DOUBLE;
+        CREATE INDEX idx_jobs_token ON jobs(token);
+        CREATE INDEX idx_history_token ON job_history(token);
+        """
+    )
+
+
+def m007_group_quotas_and_fair_share(conn: Connection) -> None:
+    """GPU quotas per user group and backend group, temporary quota requests, decayed usage per user group, and
+    per job: the group it is charged to, whether it borrowed, and whether it is being preempted."""
+    conn.execute(
+        """
+        CREATE SEQUENCE seq_quota_request START 1;
+        CREATE TABLE group_quotas (
+            user_group_id INTEGER NOT NULL, backend_group_id INTEGER NOT NULL, nominal INTEGER NOT NULL,
+            borrow INTEGER NOT NULL, PRIMARY KEY (user_group_id, backend_group_id)
+        );
+        CREATE TABLE quota_requests (
+            id BIGINT PRIMARY KEY,
+            token VARCHAR NOT NULL,
+            user_group_id INTEGER NOT NULL,
+            backend_group_id INTEGER NOT NULL,
+            gpus INTEGER NOT NULL,
+            days INTEGER NOT NULL,
+            reason VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            requested_at DOUBLE NOT NULL,
+            decided_at DOUBLE,
+            expires_at DOUBLE
+        );
+        CREATE TABLE fairshare_usage (user_group_id INTEGER PRIMARY KEY, usage DOUBLE NOT NULL, updated_at DOUBLE NOT NULL);
+        DROP INDEX idx_jobs_token;
+        ALTER TABLE jobs ADD COLUMN charged_group INTEGER;
+        ALTER TABLE jobs ADD COLUMN fairshare_group INTEGER;
+        ALTER TABLE jobs ADD COLUMN borrowed BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE jobs ADD COLUMN preempting BOOLEAN NOT NULL DEFAULT FALSE;
+        ALTER TABLE jobs ADD COLUMN preempted_for BIGINT;
+        ALTER TABLE jobs ADD COLUMN preempt_time DOUBLE;
+        CREATE INDEX idx_jobs_token ON jobs(token);
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     m001_initial,
     m002_api,
     m003_model_descriptions,
     m004_event_origin,
     m005_host_identity,
+    m006_time_limits_and_backfill_plan,
+    m007_group_quotas_and_fair_share,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -35,9 +35,9 @@ def scheduling_inputs(s: Session) -> tuple[list[BackendState], list[QueuedJob], 
     for sda_id, backend_id, idx in s.all("SELECT sda_id, backend_id, device_index FROM sda_reservations"):
         reservations.setdefault(sda_id, []).append((backend_id, idx))
     queue: list[QueuedJob] = []
-    for jid, token, sda_id, priority, request_time, count, local, group, duplicable in s.all(
+    for jid, token, sda_id, priority, request_time, count, local, group, duplicable, limit in s.all(
         "SELECT j.id, j.token, j.sda_id, j.priority, j.request_time, j.device_count, j.backend_id, "
-        "coalesce(g.backend_group_id, 0), t.duplicable "
+        "coalesce(g.backend_group_id, 0), t.duplicable, j.time_limit "
         "FROM jobs j JOIN sdas s ON s.id = j.sda_id JOIN tokens t ON t.value = j.token "
         "LEFT JOIN model_groups g ON g.id = s.model_group_id WHERE j.status = 'QUEUED'"
     ):
@@ -53,6 +53,7 @@ def scheduling_inputs(s: Session) -> tuple[list[BackendState], list[QueuedJob], 
                 sda_limit=int(duplicable),
                 reserved_devices=tuple(sorted(reservations.get(int(sda_id), ()))),
                 allowed_backends=frozenset({local}) if local is not None else frozenset(),
+                time_limit=float(limit) if limit is not None else None,
             )
         )
     active = {

@@ -164,8 +164,9 @@ class Event:
 
 JOB_STATUSES = ("QUEUED", "SUBMITTED", "RUNNING")
 # ``cancelled``: its own user interrupted a job that was still waiting (Ctrl-C), unlike ``released`` (someone
-# asked a job to stop: an admin, the user's moreh-smi -r, the dashboard).
-END_REASONS = ("finished", "failed", "released", "lost", "cancelled")
+# asked a job to stop: an admin, the user's moreh-smi -r, the dashboard). ``timeout``: the job reached its time
+# limit. ``preempted``: the scheduler took its (borrowed) devices back for a user group within its quota.
+END_REASONS = ("finished", "failed", "released", "lost", "cancelled", "timeout", "preempted")
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,13 @@ class Job:
     guardian_pid: int | None = None
     guardian_create_time: float | None = None
     release_detail: str = ""  # who asked the job to stop ("released by an admin", ...), once someone has
+    time_limit: float | None = None  # seconds the job may run (None: unlimited), fixed when it was queued
+    charged_group: int | None = None  # the user group whose quota its devices count against (None: no quota)
+    fairshare_group: int | None = None  # the user group whose usage it adds to (None: the token is in no group)
+    borrowed: bool = False  # it started beyond its group's nominal quota: it may be preempted
+    preempting: bool = False  # a scheduling pass chose it as a preemption victim; it is being stopped
+    preempted_for: int | None = None  # the queued job it is preempted for
+    preempt_time: float | None = None  # when it was chosen (epoch seconds)
     devices: tuple[DeviceRef, ...] = ()
 
 
@@ -216,6 +224,7 @@ class HistoryEntry:
     exit_code: int | None
     end_reason: str
     end_detail: str = ""  # who or what ended it, when someone did ("released by an admin", "timed out", ...)
+    time_limit: float | None = None  # the limit it ran under (seconds; None: unlimited)
 
     @property
     def device_refs(self) -> tuple[DeviceRef, ...]:
@@ -237,3 +246,66 @@ class TokenUsage:
     description: str
     device_seconds: float
     jobs: int
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """A token's or an SDA model's time limits in seconds: the default a job gets and the most it may ask for."""
+
+    default: float | None = None
+    maximum: float | None = None
+
+    @property
+    def is_set(self) -> bool:
+        """Whether either limit is set."""
+        return self.default is not None or self.maximum is not None
+
+
+@dataclass(frozen=True)
+class GroupQuota:
+    """A user group's GPU quota on a backend group: ``nominal`` devices for sure, ``borrow`` more while idle.
+
+    ``granted`` is what approved, unexpired quota requests add to the nominal quota now.
+    """
+
+    user_group_id: int
+    user_group_name: str
+    backend_group_id: int
+    backend_group_name: str
+    nominal: int
+    borrow: int
+    granted: int = 0
+
+    @property
+    def effective_nominal(self) -> int:
+        """The nominal quota with the grants in force."""
+        return self.nominal + self.granted
+
+
+QUOTA_REQUEST_STATUSES = ("PENDING", "APPROVED", "REJECTED", "EXPIRED")
+
+
+@dataclass(frozen=True)
+class QuotaRequest:
+    """A user's request for more GPUs for their user group, for some days (times are epoch seconds)."""
+
+    id: int
+    token: str
+    user_group_id: int
+    backend_group_id: int
+    gpus: int
+    days: int
+    reason: str
+    status: str
+    requested_at: float
+    decided_at: float | None = None
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class GroupUsage:
+    """A user group's GPU-seconds as last accrued (``usage`` as of ``updated_at``, epoch seconds; decay it to now)."""
+
+    user_group_id: int
+    usage: float
+    updated_at: float

@@ -24,7 +24,7 @@ USAGE_SPANS_SQL = """
 
 HISTORY_COLUMNS = (
     "id, token, sda_id, priority, host, pid, process_name, client_version, device_count, devices, request_time, "
-    "start_time, end_time, exit_code, end_reason, end_detail"
+    "start_time, end_time, exit_code, end_reason, end_detail, time_limit"
 )
 
 

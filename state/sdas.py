@@ -74,6 +74,7 @@ class SDAModelRepository:
             )
         self.s.execute("DELETE FROM model_group_models WHERE model_id = ?", [model_id])
         self.s.execute("DELETE FROM sda_model_info WHERE model_id = ?", [model_id])
+        self.s.limits.forget_model(model_id)
         self.s.execute("DELETE FROM sda_models WHERE id = ?", [model_id])
         self.s.events.record("DELETE_SDAMODEL", f"id={model_id}")
 

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from state.backends import BackendGroupRepository, BackendRepository
     from state.groups import MembershipRepository, ModelGroupRepository, UserGroupRepository
     from state.jobs import JobRepository
+    from state.limits import TimeLimitRepository
+    from state.quotas import FairShareRepository, QuotaRepository
     from state.sdas import SDAModelRepository, SDARepository
     from state.tokens import TokenRepository
     from state.users import UserRepository
@@ -105,6 +107,27 @@ class Session:
         from state.users import UserRepository
 
         return UserRepository(self)
+
+    @cached_property
+    def limits(self) -> TimeLimitRepository:
+        """Time limits of tokens and SDA models."""
+        from state.limits import TimeLimitRepository
+
+        return TimeLimitRepository(self)
+
+    @cached_property
+    def quotas(self) -> QuotaRepository:
+        """GPU quotas of user groups and quota requests."""
+        from state.quotas import QuotaRepository
+
+        return QuotaRepository(self)
+
+    @cached_property
+    def fairshare(self) -> FairShareRepository:
+        """Decayed GPU usage per user group."""
+        from state.quotas import FairShareRepository
+
+        return FairShareRepository(self)
 
     def schema_version(self) -> int:
         """Return the applied schema version."""

@@ -153,6 +153,7 @@ class TokenRepository:
             raise ConflictError(f"Token '{value}' has {jobs[0]} job(s) in the queue; release them first.")
         self.s.execute("DELETE FROM token_env WHERE token = ?", [value])
         self.s.execute("DELETE FROM user_group_tokens WHERE token = ?", [value])
+        self.s.limits.forget_token(value)
         self.s.execute("DELETE FROM tokens WHERE value = ?", [value])
         self.s.events.record("DELETE_TOKEN", "", value)
 

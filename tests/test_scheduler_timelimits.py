@@ -209,6 +209,7 @@ def test_the_reason_code_set_is_fixed_and_explained() -> None:
         "QuotaExceeded",
         "BorrowingLimitReached",
         "Preempting",
+        "Starting",
     }
     for code, meaning in REASON_CODES.items():
         assert meaning

@@ -316,7 +316,22 @@ def test_help_matches_the_manuals_listing(smc: Smc) -> None:
     assert seed.count(stray) == 1
     seed.remove(stray)
     ours = ok(smc("help")).lines
-    # 'update token duplicable' comes from the 001 guide, which uses it but does not list it.
-    at = next(n for n, line in enumerate(ours) if line.startswith("update token duplicable "))
-    assert ours[at + 1].startswith("      (usages : update token duplicable")
-    assert ours[:at] + ours[at + 2 :] == seed
+    # 'update token duplicable' comes from the 001 guide, which uses it but does not list it; the others are
+    # this project's own (time limits, quotas, fair share, quota requests: README, "The scheduler").
+    extensions = (
+        "update token duplicable",
+        "update token timelimit",
+        "update sdamodel timelimit",
+        "update usergroup quota",
+        "show quota",
+        "show quota request",
+        "show fairshare",
+        "approve quota request",
+        "reject quota request",
+    )
+    for name in extensions:
+        at = next(n for n, line in enumerate(ours) if line.startswith(f"{name} ") and line[len(name):].lstrip().startswith(":"))
+        if at + 1 < len(ours) and ours[at + 1].startswith(f"      (usages : {name}"):
+            del ours[at + 1]
+        del ours[at]
+    assert ours == seed

@@ -287,6 +287,13 @@ def test_every_show_and_get_command_prints_json(smc: Smc, new_token: NewToken) -
     ok(smc("add membership 1 1"))
     ok(smc("create backend n1 10.0.0.1 2"))
     ok(smc("create version 1.0 /opt/1.0"))
+    ok(smc("update usergroup quota 1 0 1 1"))
+    from conftest import local_context
+
+    from moreh_tools.services.quotas import request_quota
+
+    asking = dataclasses.replace(local_context(), caller=dataclasses.replace(local_context().caller, token=token))
+    request_quota(asking, gpus=1, days=2, reason="a deadline")
     args = {
         "get token": token,
         "get sda": token,
@@ -303,6 +310,7 @@ def test_every_show_and_get_command_prints_json(smc: Smc, new_token: NewToken) -
         "show relationship": "1",
         "show version": "1.0",
         "show eventlog": "5",
+        "show quota request": "PENDING",
     }
     readers = [name for name in admin_commands() if name.startswith(("show ", "get "))]
     assert len(readers) >= 20
@@ -537,6 +545,10 @@ def test_every_change_is_logged_with_its_command_line(smc: Smc, new_token: NewTo
         f"add usergroup 1 {other}",
         f"remove usergroup 1 {other}",
         "add membership 1 1",
+        "update usergroup quota 1 0 2 1",
+        "update usergroup quota 1 0 null",
+        f"update token timelimit {token} 2h 1d",
+        "update sdamodel timelimit 1 30m null",
         f"create sda {token} d 53",
         f"update token sda max {token} 2",
         f"create resv_sda {token} r 1",

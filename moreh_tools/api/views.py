@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 
 # The document's job statuses; SUBMITTED (devices given, command not started yet) counts as Running.
 JOB_STATUS = {"QUEUED": "Waiting", "SUBMITTED": "Running", "RUNNING": "Running"}
-END_STATUS = {"finished": "Completed", "failed": "Failed", "lost": "Failed", "released": "Canceled"}
+END_STATUS = {
+    "finished": "Completed",
+    "failed": "Failed",
+    "lost": "Failed",
+    "released": "Canceled",
+    "timeout": "Timeout",
+    "preempted": "Preempted",
+}
 
 
 def api_time(value: datetime | None) -> str | None:
@@ -56,6 +63,7 @@ class TokenViews:
             {t.value: t for t in s.tokens.all()} if values is None else s.tokens.many(list(values))
         )
         self.groups = s.user_groups.all()
+        self.limits = s.limits.tokens()
         self.groups_of: dict[str, list[UserGroup]] = {}
         for group in self.groups:
             for member in group.tokens:
@@ -104,6 +112,10 @@ class TokenViews:
             maxSdaCount=token.max_sda,
             targetSdaId=token.current_sda,
             maxDuplicates=token.duplicable,
+        )
+        limits = self.limits.get(value)
+        shown.update(
+            timeLimitDefault=limits.default if limits else None, timeLimitMax=limits.maximum if limits else None
         )
         if self.caller.is_admin or self.caller.owns(value):
             shown["env"] = dict(token.env)
@@ -203,6 +215,7 @@ def job_info(job: Job, tokens: TokenViews, position: int | None = None) -> dict[
         "state": job.status,
         "queuePosition": position,
         "releaseRequested": job.release_requested,
+        "timeLimit": job.time_limit,
     }
 
 

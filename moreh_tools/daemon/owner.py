@@ -7,12 +7,16 @@ Each tick, in this order:
 3. jobs of hosts that stopped reporting for ``MOREH_HOST_TIMEOUT`` seconds end as ``lost``, and those hosts'
    devices leave the pool until they report again (only once the daemon itself has run that long, so a
    restarted master does not give up on hosts it simply has not heard from yet);
-4. a scheduling pass; the launchers whose jobs got devices are woken.
+4. a scheduling pass; the launchers whose jobs got devices (or are preempted) are woken;
+5. this host's jobs past their time limit, or preempted, whose launcher cannot end them (gone, stopped, or
+   past its grace period) are ended here (SIGTERM, the grace, SIGKILL; ``timeout`` or ``preempted``), in a
+   thread of their own so that a long grace period never holds the tick up.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +47,7 @@ class Owner:
     log: Callable[[str], None]
     started: float = field(default_factory=time.monotonic)
     timeout: float = field(default_factory=host_timeout)
+    enforcer: threading.Thread | None = None
 
     def tick(self) -> None:
         """One round (see the module docstring)."""
@@ -59,3 +64,20 @@ class Owner:
             self.log(f"job {job_id} ended as lost: its host '{host}' stopped reporting")
         for allocation in decision.allocations:
             self.log(f"job {allocation.job_id} got devices {', '.join(f'{b}:{i}' for b, i in allocation.devices)}")
+        for preemption in decision.preemptions:
+            self.log(f"job {preemption.victim_id} is preempted for job {preemption.for_job}: {preemption.reason}")
+        if self.enforcer is None or not self.enforcer.is_alive():
+            self.enforcer = threading.Thread(target=self._enforce, name="sdamanager-enforce", daemon=True)
+            self.enforcer.start()
+
+    def _enforce(self) -> None:
+        """End this host's overdue jobs (see :mod:`moreh_tools.services.enforcement`); log what ended."""
+        from moreh_tools.services import enforcement
+
+        try:
+            ended = enforcement.end_overdue(self.ctx)
+        except Exception as exc:  # a failed round is logged; the next tick tries again
+            self.log(f"ending overdue jobs failed: {exc}")
+            return
+        for overdue in ended:
+            self.log(f"job {overdue.job.id} ended as {overdue.reason}: {overdue.detail}")

@@ -27,7 +27,14 @@ from moreh_tools.dashboard.widgets.backend_grid import BackendGrid, summary
 from moreh_tools.dashboard.widgets.device_list import DeviceList
 from moreh_tools.dashboard.widgets.event_log import EventLog
 from moreh_tools.dashboard.widgets.status_bar import StatusBar
-from moreh_tools.dashboard.widgets.tables import AdminJobTable, HistoryTable, LiveTable, UsageTable, UserJobTable
+from moreh_tools.dashboard.widgets.tables import (
+    AdminJobTable,
+    FairShareTable,
+    HistoryTable,
+    LiveTable,
+    UsageTable,
+    UserJobTable,
+)
 from moreh_tools.services.records import JobRow, ModelOption, Snapshot, SwitchChoices, View
 
 ACTIONS = ("release", "priority", "switch_model")
@@ -108,6 +115,7 @@ class DashboardApp(App[None]):
                             yield BackendGrid(id="grid")
                         with Vertical(id="admin-side"):
                             yield UsageTable(id="usage")
+                            yield FairShareTable(id="fairshare")
                             yield EventLog(id="events")
                     yield AdminJobTable(id="jobs")
         yield Footer()
@@ -121,6 +129,7 @@ class DashboardApp(App[None]):
             "#grid-box": "Cluster",
             "#jobs": "Jobs",
             "#usage": "Usage, last 24 h",
+            "#fairshare": "Fair share (user groups)",
             "#events": "Events",
         }
         for selector, title in titles.items():
@@ -215,6 +224,9 @@ class DashboardApp(App[None]):
                     f"Jobs · {len(admin.running)} running · {len(admin.queue)} queued, in scheduling order"
                 )
                 self.query_one(UsageTable).show(admin.usage)
+                fairshare = self.query_one(FairShareTable)
+                fairshare.display = bool(admin.fairshare)  # no user groups: no panel, the usage keeps the room
+                fairshare.show(admin.fairshare)
             self.query_one(EventLog).show(admin.events, snapshot.taken_at)
         self.query_one(StatusBar).show(
             view=self.view, daemon=snapshot.daemon_running, taken_at=snapshot.taken_at, simulated=simulated

@@ -27,7 +27,14 @@ STATE_SHORT = {"IDLE": "idle", "PREPARING": "prep", "PROCESSING": "busy", "CLEAN
 #: Job statuses in the tables.
 JOB_STYLES = {"RUNNING": "bold green", "SUBMITTED": "yellow", "QUEUED": "cyan"}
 #: How a job ended, in the history table.
-END_STYLES = {"finished": "green", "failed": "red", "released": "yellow", "lost": "magenta"}
+END_STYLES = {
+    "finished": "green",
+    "failed": "red",
+    "released": "yellow",
+    "lost": "magenta",
+    "timeout": "red",
+    "preempted": "yellow",
+}
 
 
 def level_style(percent: float | None) -> str:

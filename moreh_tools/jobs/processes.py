@@ -80,6 +80,14 @@ def is_alive(pid: int | None, started: float | None) -> bool:
     return False  # /proc exists but has no such process
 
 
+def can_act(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is alive (see :func:`is_alive`) and not stopped (SIGSTOP, Ctrl-Z): it can still do its work."""
+    if not is_alive(pid, started):
+        return False
+    assert pid is not None
+    return _proc_state(pid) not in (b"T", b"t")
+
+
 def _is_alive_psutil(pid: int, started: float | None) -> bool:
     import psutil
 

@@ -22,8 +22,8 @@ from moreh_tools.launcher.request import (
     Request,
 )
 
-USAGE = "moreh-run [--token T] [--sda ID] [--priority P] [--] COMMAND..."
-_VALUE_OPTIONS = ("--token", "--sda", "--priority")
+USAGE = "moreh-run [--token T] [--sda ID] [--priority P] [-t LIMIT] [--requeue] [--] COMMAND..."
+_VALUE_OPTIONS = ("--token", "--sda", "--priority", "-t", "--time")
 SDA_ID_MAX = 2**31 - 1  # ids are 32-bit in the state
 
 
@@ -52,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sda", metavar="ID", type=int, help="the SDA (device id in moreh-smi) to run on")
     parser.add_argument(
         "--priority", metavar="P", type=int, help="the job's priority, -99..99 (default: the token's priority)"
+    )
+    parser.add_argument(
+        "-t",
+        "--time",
+        metavar="LIMIT",
+        help="the job's time limit: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (Slurm's --time) or 90s, 30m, 2h, 1d "
+        "(default: the token's or SDA model's default, else unlimited); at the limit the job gets SIGTERM, then "
+        "SIGKILL after MOREH_RELEASE_GRACE, and moreh-run exits 143",
+    )
+    parser.add_argument(
+        "--requeue",
+        action="store_true",
+        help="if the job is preempted (its user group borrowed the GPUs), queue it again with its original "
+        "request time and run it again",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} (moreh-tools) {__version__}")
     return parser
@@ -84,7 +98,15 @@ def parse(argv: list[str]) -> Request:
         raise LaunchError(f"SDA id {ns.sda} is not valid: use one of your SDA ids (see 'moreh-smi')", EXIT_USAGE)
     if not command or not command[0]:
         raise LaunchError(f"no command to run; usage: {USAGE}", EXIT_USAGE)
-    return Request(ns.token, ns.sda, ns.priority, tuple(command))
+    limit = None
+    if ns.time is not None:
+        from scheduler_core.timelimits import parse_time_limit
+
+        try:
+            limit = parse_time_limit(ns.time)
+        except ValueError as exc:
+            raise LaunchError(str(exc), EXIT_USAGE) from None
+    return Request(ns.token, ns.sda, ns.priority, tuple(command), limit, ns.requeue)
 
 
 def _sda_from_env() -> int | None:

@@ -7,6 +7,8 @@ writes what the guardian needs to know as it goes:
 * ``submitting <launcher start time>``: a job may exist from now on (found by the launcher's identity);
 * ``job <id>``: the job's id;
 * ``child <pid> <create time>``: the job's command started;
+* ``requeue``: the job ended (preempted) and the launcher submits it again: forget its id and command until
+  the next ``job``;
 * ``done``: the launcher recorded the job's end itself; nothing to do.
 
 The kernel closes the write end when the launcher dies however it dies (``kill -9`` included), so
@@ -50,6 +52,8 @@ class Heard:
                 self.job_id = int(args[0])
             elif word == "child" and len(args) == 2:
                 self.child_pid, self.child_create_time = int(args[0]), float(args[1])
+            elif word == "requeue":
+                self.job_id = self.child_pid = self.child_create_time = None
             elif word == "done":
                 self.done = True
         except ValueError:

@@ -11,9 +11,12 @@ The steps, and who cleans up when a step is cut short:
    10 s across all launchers).
 4. Run the command in its own process group with ``CUDA_VISIBLE_DEVICES`` set to the allocated GPUs,
    forwarding signals to it. Meanwhile a watcher (:mod:`.watcher`) hears when someone asks the job to
-   stop and stops the command itself, saying who asked.
+   stop and stops the command itself, saying who asked; it also stops the command at the job's time
+   limit (``timeout``) and when a scheduling pass preempts the job (``preempted``).
 5. When it ends: stragglers of the job killed (devices CLEANING meanwhile), the job into history, a
-   scheduling pass for the next jobs; exit with the command's status.
+   scheduling pass for the next jobs; exit with the command's status (128+15 after a timeout or a
+   preemption). With ``--requeue``, a preempted job is submitted again with its original request time
+   (the service keeps its place in the queue) and the launcher goes back to step 3.
 
 If ``moreh-run`` dies anywhere after step 1 without recording the end, the guardian does step 5 itself
 with the end reason ``lost``.
@@ -90,27 +93,41 @@ class Launch:
         except (StateError, LaunchError):
             self.guardian.done()  # the submission was refused or rolled back: nothing was queued
             raise
-        job = submitted.job
-        self.guardian.tell(f"job {job.id}")
-        try:
-            signals.check()
-            if not submitted.allocated:
-                self._tell_waiting(submitted)
-                job = self._wait_for_devices(job, signals)
-                say(READY_INFO)
+        while True:
+            job = submitted.job
+            self.guardian.tell(f"job {job.id}")
+            try:
                 signals.check()
-        except Cancelled as exc:
-            return self._cancel(job, exc.signum)
-        except (StateError, LaunchError):
-            self.guardian.done()
-            raise
-        return self._run_command(job, submitted.env, signals)
+                if not submitted.allocated:
+                    self._tell_waiting(submitted)
+                    job = self._wait_for_devices(job, signals)
+                    say(READY_INFO)
+                    signals.check()
+            except Cancelled as exc:
+                return self._cancel(job, exc.signum)
+            except (StateError, LaunchError):
+                self.guardian.done()
+                raise
+            status, ended = self._run_command(job, submitted.env, signals)
+            if ended != "preempted" or not self.request.requeue:
+                return status
+            # --requeue: the same command again, as a new job that keeps the preempted one's place in the queue.
+            self.guardian.tell("requeue")
+            try:
+                submitted = self._submit(requeue_of=job.id)
+            except (StateError, LaunchError):
+                self.guardian.done()
+                raise
+            say(f"{PROG}: job {job.id} goes back to the queue as job {submitted.job.id} (--requeue).")
 
     # -- queueing -------------------------------------------------------------------------------
 
-    def _submit(self) -> Submitted:
+    def _submit(self, requeue_of: int | None = None) -> Submitted:
         """Queue the job and run a scheduling pass; the first job of an unregistered host sends its GPUs (and every
-        job of a host with simulated GPUs, whose count ``MOREH_FAKE_GPUS`` may have raised since)."""
+        job of a host with simulated GPUs, whose count ``MOREH_FAKE_GPUS`` may have raised since).
+
+        ``requeue_of``: the preempted job this one replaces (``--requeue``).
+        """
         from moreh_tools.jobs import processes
         from moreh_tools.port import ops
         from state.errors import NotFoundError
@@ -127,6 +144,11 @@ class Launch:
             "machine_id": self.machine_id,
             "client_version": __version__,
         }
+        # Only what was asked for is sent: an older SDA Manager refuses arguments it does not know.
+        if self.request.time_limit is not None:
+            base["time_limit"] = self.request.time_limit
+        if requeue_of is not None:
+            base["requeue_of"] = requeue_of
         from moreh_tools import gpus, identity
         from moreh_tools.gpus.base import GpuUnavailableError
 
@@ -155,8 +177,12 @@ class Launch:
         else:
             say(RESOURCES_WARNING)
         where = f" at position {submitted.position}" if submitted.position is not None else ""
+        code = f" ({submitted.reason_code})" if submitted.reason_code else ""
         why = f": {submitted.reason}" if submitted.reason else ""
-        say(f"[info] Job {job.id} waits in the queue{where}{why}.")
+        when = ""
+        if submitted.expected_start is not None:
+            when = f" Estimated start: {submitted.expected_start.strftime('%Y-%m-%d %H:%M:%S')}."
+        say(f"[info] Job {job.id} waits in the queue{where}{code}{why}.{when}")
 
     def _wait_for_devices(self, job: Job, signals: SignalRouter) -> Job:
         """Wait until the job has devices; LaunchError if it left the queue meanwhile."""
@@ -206,7 +232,13 @@ class Launch:
         )
         return env
 
-    def _run_command(self, job: Job, token_env: tuple[tuple[str, str], ...], signals: SignalRouter) -> int:
+    def _run_command(
+        self, job: Job, token_env: tuple[tuple[str, str], ...], signals: SignalRouter
+    ) -> tuple[int, str]:
+        """Run the command on the job's devices and record its end; (exit status, end reason)."""
+        import signal
+        import time
+
         from moreh_tools.jobs import processes
         from moreh_tools.launcher.child import Child, exit_status
         from moreh_tools.launcher.watcher import Watcher
@@ -230,7 +262,11 @@ class Launch:
         withdrawn = self.port.call(
             ops.JOB_STARTED, job_id=job.id, pid=child.pid, create_time=started if started is not None else 0.0
         )
-        watcher = Watcher(self.token, job.id, child, str(self.home))
+        deadline = None
+        if job.time_limit is not None:  # the limit counts from when the job got its devices
+            held = job.submit_time.timestamp() if job.submit_time is not None else time.time()
+            deadline = held + job.time_limit
+        watcher = Watcher(self.token, job.id, child, str(self.home), deadline, job.time_limit)
         if withdrawn:  # released (or ended) between allocation and start: it must not keep the devices
             watcher.stop_command("it was released before its command started")
         else:
@@ -238,13 +274,20 @@ class Launch:
         status = exit_status(child.wait())
         watcher.close()
         signals.forward_to(None)
+        reason = watcher.end_reason or ("finished" if status == 0 else "failed")
+        again = reason == "preempted" and self.request.requeue
         if watcher.said:
             say(f"{PROG}: {watcher.said}")
-        self._record_end(job, status, "finished" if status == 0 else "failed")
-        return status
+        self._record_end(job, status, reason, last=not again)
+        if watcher.end_reason is not None:
+            status = 128 + signal.SIGTERM  # stopped for its limit or a preemption, as a signalled job exits
+        return status, reason
 
-    def _record_end(self, job: Job, exit_code: int | None, reason: str) -> None:
-        """The job's stragglers killed (devices CLEANING meanwhile), the job into history, the next jobs started."""
+    def _record_end(self, job: Job, exit_code: int | None, reason: str, *, last: bool = True) -> None:
+        """The job's stragglers killed (devices CLEANING meanwhile), the job into history, the next jobs started.
+
+        ``last``: the launcher is done after this (the guardian may go); False before a ``--requeue``.
+        """
         from moreh_tools.jobs import processes
         from moreh_tools.port import ops
 
@@ -255,7 +298,10 @@ class Launch:
         # With nothing left to clean, CLEANING and the end are one transaction: one lock turn less per job.
         try:
             self.port.call(ops.JOB_FINISH, job_id=job.id, exit_code=exit_code, reason=reason)
-        finally:
+        except BaseException:
+            self.guardian.done()
+            raise
+        if last:
             self.guardian.done()
 
 

@@ -23,3 +23,5 @@ class Request:
     sda: int | None
     priority: int | None
     command: tuple[str, ...]
+    time_limit: float | None = None  # seconds (--time), None: the token's or model's default, else unlimited
+    requeue: bool = False  # --requeue: a preempted job goes back to the queue and runs again

@@ -5,6 +5,11 @@ Someone asking the job to stop (an admin's ``release``, the user's ``moreh-smi -
 without a daemon). The launcher then stops its own command (SIGTERM to its process group, SIGKILL
 after ``MOREH_RELEASE_GRACE``), so a release works even where the releaser may not signal the user's
 processes, and the user reads one line saying who stopped the job.
+
+The same way the launcher enforces its job's time limit (a timer: at the limit, SIGTERM, then SIGKILL
+after ``MOREH_RELEASE_GRACE``; the job ends as ``timeout``) and hears a preemption (a scheduling pass
+gave the job's borrowed devices back to a group within its quota: SIGTERM, then SIGKILL after
+``MOREH_PREEMPT_GRACE``; the job ends as ``preempted``). :attr:`Watcher.end_reason` tells the launcher which.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,22 +30,50 @@ WATCH_S = 25.0
 class Watcher:
     """A daemon thread watching one running job through its own port (connections are not shared)."""
 
-    def __init__(self, token: str, job_id: int, child: Child, home: str) -> None:
-        """Watch ``job_id`` (whose command is ``child``) as ``token``."""
+    def __init__(
+        self,
+        token: str,
+        job_id: int,
+        child: Child,
+        home: str,
+        deadline: float | None = None,
+        limit: float | None = None,
+    ) -> None:
+        """Watch ``job_id`` (whose command is ``child``) as ``token``; stop it at ``deadline`` (epoch s; its ``limit``)."""
         self.token = token
         self.job_id = job_id
         self.child = child
         self.home = home
+        self.deadline = deadline
+        self.limit = limit
         self.said = ""  # the line moreh-run prints once the command ended, when the job was stopped
+        self.end_reason: str | None = None  # "timeout" or "preempted" when the job ended so; None otherwise
         self._closing = threading.Event()
         self._stopping = threading.Lock()
         self._stopped = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start watching."""
+        """Start watching (and, with a deadline, the time limit's timer)."""
         self._thread = threading.Thread(target=self._watch, name="moreh-run-watcher", daemon=True)
         self._thread.start()
+        if self.deadline is not None:
+            threading.Thread(target=self._time_limit, name="moreh-run-limit", daemon=True).start()
+
+    def _time_limit(self) -> None:
+        from moreh_tools.jobs import processes
+        from scheduler_core.timelimits import format_duration
+
+        assert self.deadline is not None
+        if self._closing.wait(max(0.0, self.deadline - time.time())):
+            return
+        limit = f" ({format_duration(self.limit)})" if self.limit is not None else ""
+        self.stop_command(
+            "it reached its time limit",
+            grace=processes.release_grace(),
+            end_reason="timeout",
+            said=f"job {self.job_id} reached its time limit{limit}.",
+        )
 
     def _watch(self) -> None:
         from moreh_tools.port import open_port, ops
@@ -60,6 +94,17 @@ class Watcher:
                 if update.state == "release":
                     seen = "release"
                     self.stop_command(update.detail or "it was released")
+                elif update.state == "preempt":
+                    from moreh_tools.services.settings import preempt_grace
+
+                    seen = "preempt"
+                    why = update.detail or "its borrowed devices went back to a user group within its quota"
+                    self.stop_command(
+                        why,
+                        grace=preempt_grace(),
+                        end_reason="preempted",
+                        said=f"job {self.job_id} was preempted: {why}.",
+                    )
                 elif update.state == "ended":
                     why = update.detail or f"it ended as {update.reason}"
                     self.stop_command(why)
@@ -69,16 +114,24 @@ class Watcher:
         finally:
             port.close()
 
-    def stop_command(self, why: str) -> None:
-        """Stop the command: SIGTERM to its group now, SIGKILL after the grace period (once)."""
+    def stop_command(
+        self, why: str, *, grace: float | None = None, end_reason: str | None = None, said: str | None = None
+    ) -> None:
+        """Stop the command: SIGTERM to its group now, SIGKILL after the grace period (once).
+
+        ``grace`` defaults to ``MOREH_RELEASE_GRACE``; ``end_reason`` (``timeout``, ``preempted``) is how the
+        job then ends; ``said`` replaces the line moreh-run prints (default: "job N was stopped: WHY.").
+        """
         from moreh_tools.jobs import processes
 
         with self._stopping:
             if self._stopped:
                 return
             self._stopped = True
-        grace = processes.release_grace()
-        self.said = f"job {self.job_id} was stopped: {why}."
+        if grace is None:
+            grace = processes.release_grace()
+        self.end_reason = end_reason
+        self.said = said or f"job {self.job_id} was stopped: {why}."
         self.child.send(signal.SIGTERM)
         self.child.send(signal.SIGCONT)  # a stopped (Ctrl-Z) command must wake up to hear SIGTERM
         threading.Thread(target=self._kill_later, args=(grace,), name="moreh-run-grace", daemon=True).start()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         HostReply,
         JobUpdate,
         ModelOption,
+        MyQuota,
         OwnedDevices,
         SmiStatus,
         Snapshot,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         Switched,
         VersionInfo,
     )
+    from state.records import QuotaRequest
 
 T = TypeVar("T", covariant=True)
 
@@ -99,6 +101,10 @@ HOST_REPORT: Op[HostReply] = Op("host_report", "moreh_tools.services.hosts:repor
 CONSOLE: Op[ConsoleResult] = Op("console", "moreh_tools.services.console:run_line", "ConsoleResult", idempotent=False)
 DASHBOARD_ACCESS: Op[Access] = Op("dashboard_access", "moreh_tools.services.dashboard:access", "Access")
 DASHBOARD_SNAPSHOT: Op[Snapshot] = Op("dashboard_snapshot", "moreh_tools.services.dashboard:snapshot", "Snapshot")
+QUOTA_REQUEST: Op[QuotaRequest] = Op(
+    "quota_request", "moreh_tools.services.quotas:request_quota", "QuotaRequest", idempotent=False
+)
+QUOTA_MINE: Op[MyQuota] = Op("quota_mine", "moreh_tools.services.quotas:my_quota", "MyQuota")
 
 OPS: dict[str, Op[Any]] = {
     op.name: op
@@ -126,5 +132,7 @@ OPS: dict[str, Op[Any]] = {
         CONSOLE,
         DASHBOARD_ACCESS,
         DASHBOARD_SNAPSHOT,
+        QUOTA_REQUEST,
+        QUOTA_MINE,
     )
 }

@@ -6,8 +6,8 @@ and carries nothing else, so an idle dashboard costs one cheap query per interva
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,8 @@ from moreh_tools.services.records import (
     UserData,
     View,
 )
-from moreh_tools.services.status import STARTS_NEXT_PASS, collect_status
+from moreh_tools.services.scheduling import STARTS_NEXT_PASS
+from moreh_tools.services.status import collect_status
 from state import views
 from state.errors import PermissionDeniedError, UnknownTokenError
 
@@ -70,10 +71,12 @@ def snapshot(ctx: ServiceContext, *, view: View, since: str = "") -> Snapshot:
         if view == "user":
             assert who.token is not None
             return Snapshot(now, ctx.daemon_running, user=gather_user(s, who.token, who.label), fingerprint=mark)
+        from moreh_tools.services.scheduling import fairshare_rows
+
         running, queue = gather_jobs(s)
         admin = AdminData(
             gather_grid(s), running, queue, gather_usage(s, now, running + queue),
-            tuple(reversed(s.events.tail(EVENT_ROWS))),
+            tuple(reversed(s.events.tail(EVENT_ROWS))), tuple(fairshare_rows(s)),
         )
         return Snapshot(now, ctx.daemon_running, admin=admin, fingerprint=mark)
 
@@ -118,6 +121,7 @@ def _job_row(job: Job, owner: str, position: int | None, reason: str) -> JobRow:
         request_time=job.request_time,
         start_time=job.start_time,
         placed_on=placed_on(job),
+        time_limit=job.time_limit,
     )
 
 
@@ -134,7 +138,10 @@ def gather_user(s: Session, token: str, label: str) -> UserData:
     jobs = []
     for job in sorted(s.jobs.of_token(token), key=lambda j: (j.status == "QUEUED", j.sda_id, j.id)):
         wait = waiting.get(job.id)
-        jobs.append(_job_row(job, label, wait.position if wait else None, wait.reason if wait else ""))
+        row = _job_row(job, label, wait.position if wait else None, wait.reason if wait else "")
+        if wait is not None:
+            row = replace(row, reason_code=wait.reason_code, expected_start=wait.expected_start)
+        jobs.append(row)
     history = tuple(_history_row(e) for e in reversed(s.jobs.history(HISTORY_ROWS, token)))
     return UserData(status, tuple(jobs), history)
 
@@ -152,28 +159,22 @@ def gather_grid(s: Session) -> tuple[GridBackend, ...]:
 
 
 def gather_jobs(s: Session) -> tuple[tuple[JobRow, ...], tuple[JobRow, ...]]:
-    """(running jobs by id, queued jobs in scheduling order with their place and why they wait)."""
-    from scheduler_core.scheduling import queue_order, schedule
+    """(running jobs by id, queued jobs in scheduling order with their place, why they wait and when they start)."""
+    from moreh_tools.services.scheduling import queue_info
 
     jobs = s.jobs.all()
     owners = s.tokens.descriptions({j.token for j in jobs})
     queued = {j.id: j for j in jobs if j.status == "QUEUED"}
-    order: list[int] = []
-    reasons: dict[int, str] = {}
-    if queued:
-        backends, queue, active, reserved = s.jobs.scheduling_inputs()
-        order = [q.id for q in queue_order(queue)]
-        try:
-            reasons = dict(schedule(backends, queue, active, reserved).waiting)
-        except Exception:
-            # The reason is a courtesy; a scheduler fault must not hide the queue.
-            if os.environ.get("MOREH_DEBUG"):
-                raise
+    info = queue_info(s) if queued else {}
     running = tuple(_job_row(j, owners.get(j.token, ""), None, "") for j in jobs if j.status != "QUEUED")
+    order = sorted(queued, key=lambda jid: (info[jid].position or 0, jid) if jid in info else (len(queued) + 1, jid))
     queue_rows = tuple(
-        _job_row(queued[jid], owners.get(queued[jid].token, ""), place, reasons.get(jid, STARTS_NEXT_PASS))
+        replace(
+            _job_row(queued[jid], owners.get(queued[jid].token, ""), place, info[jid].reason if jid in info else STARTS_NEXT_PASS),
+            reason_code=info[jid].reason_code if jid in info else "",
+            expected_start=info[jid].expected_start if jid in info else None,
+        )
         for place, jid in enumerate(order, start=1)
-        if jid in queued
     )
     return running, queue_rows
 

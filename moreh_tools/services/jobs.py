@@ -14,15 +14,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from moreh_tools.services import settings
 from moreh_tools.services.caller import ADMIN, Caller
 from moreh_tools.services.hosts import find_host, register_in
 from moreh_tools.services.records import GpuInfo, JobUpdate, Submitted
+from moreh_tools.services.scheduling import finish_job, run_pass, woken
 from state.errors import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError, UnknownTokenError
 
 if TYPE_CHECKING:
     from moreh_tools.services.context import ServiceContext
     from scheduler_core.scheduling import Decision
-    from state.records import Job, Token
+    from state.records import HistoryEntry, Job, Token
     from state.session import Session
 
 #: At most one self-driven scheduling pass per this many seconds across every waiting launcher (no daemon).
@@ -49,6 +51,8 @@ def submit(
     guardian_pid: int | None = None,
     guardian_create_time: float | None = None,
     client_version: str = "",
+    time_limit: float | None = None,
+    requeue_of: int | None = None,
 ) -> Submitted:
     """Queue a job of the caller's token to run on the caller's host, and run a scheduling pass, in one transaction.
 
@@ -56,13 +60,29 @@ def submit(
     token. An unregistered host is registered with ``gpus`` when the caller may register hosts (the
     state's owner, ADMIN or HOST), else refused. A launcher that submits twice (a retry after a lost
     answer) gets its first job back.
+
+    ``time_limit`` is what the user asked for (``moreh-run --time``, seconds); the job's limit is decided
+    here once (:func:`moreh_tools.services.limits.job_limit`), and a request above a maximum is refused
+    before anything is queued. ``requeue_of`` names a job of the same token that ended ``preempted``
+    (``moreh-run --requeue``): the new job takes its SDA, priority, limit and request time, so it goes
+    back to the place in the queue the preempted one had.
     """
+    from moreh_tools.services.limits import job_limit
+
     token_value = ctx.caller.token
     if token_value is None:
         raise UnknownTokenError("SDA token is not given.")
+    if time_limit is not None and not 0 < time_limit <= 365 * 86400:
+        raise BadRequestError(f"A time limit must be more than 0 and at most 365 days, not {time_limit} s.")
     with ctx.write(f"moreh-run {process}"[:200]) as s:
         token = _known_token(s, token_value)
-        if priority is not None:
+        request_time = None
+        if requeue_of is not None:
+            before = _requeued(s, token_value, requeue_of)
+            sda, priority, request_time = before.sda_id, before.priority, before.request_time
+            if time_limit is None:
+                time_limit = before.time_limit
+        elif priority is not None:
             check_priority_allowed(token, priority)
         sda_id = sda if sda is not None else token.current_sda
         if sda_id is None:
@@ -88,6 +108,7 @@ def submit(
             return Submitted(job, job.status != "QUEUED", token.env)
         if machine_id == ctx.machine_id:
             end_abandoned(s, backend_id, str(ctx.home))
+        limit = job_limit(s, token_value, s.sdas.get(sda_id).model_id, time_limit)
         job = s.jobs.submit(
             token_value,
             sda_id,
@@ -99,15 +120,28 @@ def submit(
             process_name=process[:200],
             priority=priority,
             client_version=client_version[:50],
+            time_limit=limit,
+            request_time=request_time,
         )
-        decision = s.jobs.run_scheduling_pass()
-        allocated = any(a.job_id == job.id for a in decision.allocations)
-        if allocated:
+        if requeue_of is not None:
+            s.events.record("REQUEUE_JOB", f"id={job.id} preempted={requeue_of}", token_value)
+        decision = run_pass(s)
+        if any(a.job_id == job.id for a in decision.allocations):
             result = Submitted(s.jobs.get(job.id), True, token.env)
-        else:
-            result = _explain(s, job, token.env, decision.waiting.get(job.id, ""))
-    ctx.wake(a.job_id for a in decision.allocations if a.job_id != job.id)
+        else:  # why it waits, where it stands and when it should start
+            result = _explain(s, job, token.env, decision)
+    ctx.wake(j for j in woken(decision) if j != job.id)
     return result
+
+
+def _requeued(s: Session, token: str, job_id: int) -> HistoryEntry:
+    """The preempted job ``job_id`` of ``token`` that a ``--requeue`` resubmits (refused unless it is one)."""
+    ended = s.jobs.history_entry(job_id)
+    if ended is None or ended.token != token:
+        raise NotFoundError(f"Job {job_id} is not an ended job of this token; only a preempted job can be requeued.")
+    if ended.end_reason != "preempted":
+        raise ConflictError(f"Job {job_id} ended as {ended.end_reason}, not preempted; only a preempted job is requeued.")
+    return ended
 
 
 def _known_token(s: Session, token: str) -> Token:
@@ -129,8 +163,10 @@ def _check_own_sda(s: Session, token: str, sda_id: int) -> None:
         )
 
 
-def _explain(s: Session, job: Job, env: tuple[tuple[str, str], ...], reason: str) -> Submitted:
-    """Why the job waits: its SDA busy with another process, or not enough free devices."""
+def _explain(s: Session, job: Job, env: tuple[tuple[str, str], ...], decision: Decision) -> Submitted:
+    """Why the job waits: its SDA busy with another process, or not enough free devices; and when it should start."""
+    from moreh_tools.services.scheduling import local_time
+    from state.planning import SchedulingInputs
     busy_pid: int | None = None
     busy_command = ""
     for other in s.jobs.of_token(job.token):
@@ -138,7 +174,18 @@ def _explain(s: Session, job: Job, env: tuple[tuple[str, str], ...], reason: str
             busy_pid = other.pid or other.launcher_pid
             busy_command = other.process_name
             break
-    return Submitted(job, False, env, busy_pid, busy_command, s.jobs.queue_position(job.id), reason)
+    inputs: SchedulingInputs = s.jobs.snapshot(now=settings.now(), halflife=settings.fairshare_halflife())
+    return Submitted(
+        job,
+        False,
+        env,
+        busy_pid,
+        busy_command,
+        inputs.positions().get(job.id),
+        decision.waiting.get(job.id, ""),
+        decision.reason_codes.get(job.id, ""),
+        local_time(decision.expected_start.get(job.id)),
+    )
 
 
 # -- waiting and watching ---------------------------------------------------------------------------------
@@ -174,6 +221,9 @@ def job_update(s: Session, caller: Caller, job_id: int, seen: str) -> JobUpdate 
         return JobUpdate("allocated", job)
     if job.release_requested and seen != "release":
         return JobUpdate("release", job, detail=job.release_detail)
+    if job.preempting and seen not in ("release", "preempt"):
+        for_job = f"job {job.preempted_for}" if job.preempted_for is not None else "another job"
+        return JobUpdate("preempt", job, detail=f"its borrowed devices went back to {for_job}'s user group")
     return None
 
 
@@ -249,9 +299,9 @@ def finish(ctx: ServiceContext, *, job_id: int, exit_code: int | None, reason: s
             return
         if job.status != "QUEUED":
             s.jobs.mark_cleaning(job_id)
-        s.jobs.finish(job_id, exit_code, reason, detail)
-        decision = s.jobs.run_scheduling_pass()
-    ctx.wake([job_id, *(a.job_id for a in decision.allocations)])
+        finish_job(s, job_id, exit_code, reason, detail)
+        decision = run_pass(s)
+    ctx.wake([job_id, *woken(decision)])
 
 
 def abandoned(
@@ -291,8 +341,8 @@ def release(ctx: ServiceContext, *, job_ids: Sequence[int], detail: str) -> list
             if not (ctx.who(s).is_admin or ctx.caller.owns(job.token)):
                 raise NotFoundError(f"Job {job_id} not found.")
             jobs.append(s.jobs.request_release(job_id, detail))
-        decision = s.jobs.run_scheduling_pass() if any(j.status == "QUEUED" for j in jobs) else None
-    ctx.wake([j.id for j in jobs] + ([a.job_id for a in decision.allocations] if decision else []))
+        decision = run_pass(s) if any(j.status == "QUEUED" for j in jobs) else None
+    ctx.wake([j.id for j in jobs] + (woken(decision) if decision else []))
     running = [j for j in jobs if j.status != "QUEUED"]
     if not running:
         return [j.id for j in jobs]
@@ -324,9 +374,9 @@ def release(ctx: ServiceContext, *, job_ids: Sequence[int], detail: str) -> list
             for job in stuck:
                 if s.jobs.find(job.id) is not None:
                     s.jobs.mark_cleaning(job.id)
-                    s.jobs.finish(job.id, None, "released", detail)
-            decision = s.jobs.run_scheduling_pass()
-        ctx.wake([j.id for j in stuck] + [a.job_id for a in decision.allocations])
+                    finish_job(s, job.id, None, "released", detail)
+            decision = run_pass(s)
+        ctx.wake([j.id for j in stuck] + woken(decision))
     return [j.id for j in jobs]
 
 
@@ -374,8 +424,8 @@ def set_priority(ctx: ServiceContext, *, job_id: int, priority: int) -> None:
             check_priority_allowed(s.tokens.get(job.token), priority)
         s.jobs.update_priority(job_id, priority)
         # A new order can let a job start now (a lowered head no longer holds its group up).
-        decision = s.jobs.run_scheduling_pass()
-    ctx.wake(a.job_id for a in decision.allocations)
+        decision = run_pass(s)
+    ctx.wake(woken(decision))
 
 
 # -- the scheduling pass ------------------------------------------------------------------------------------
@@ -398,11 +448,18 @@ def end_abandoned(s: Session, backend_id: int, home: str) -> list[int]:
     if not dead:
         return []
     processes.end_jobs([(j.id, j.pid, j.pid_create_time) for j in dead], home, grace=0.5)
+    from moreh_tools.services.enforcement import limit_deadline, timeout_detail
+
     ended = []
+    now = settings.now()
     for job in dead:
         if job.status != "QUEUED":
             s.jobs.mark_cleaning(job.id)
-        if s.jobs.finish(job.id, None, "lost", "its moreh-run and guardian are gone") is not None:
+        deadline = limit_deadline(job) if job.status != "QUEUED" else None
+        reason, detail = "lost", "its moreh-run and guardian are gone"
+        if deadline is not None and now >= deadline:
+            reason, detail = "timeout", timeout_detail(job)
+        if finish_job(s, job.id, None, reason, detail) is not None:
             ended.append(job.id)
     return ended
 
@@ -415,8 +472,8 @@ def schedule(ctx: ServiceContext, reason: str = "scheduling pass") -> tuple[Deci
     with ctx.write(reason) as s:
         backend_id = find_host(s, ctx.machine_id, ctx.host)
         lost = end_abandoned(s, backend_id, str(ctx.home)) if backend_id is not None else []
-        decision = s.jobs.run_scheduling_pass()
-    ctx.wake([*lost, *(a.job_id for a in decision.allocations)])
+        decision = run_pass(s)
+    ctx.wake([*lost, *woken(decision)])
     return decision, lost
 
 
@@ -441,7 +498,7 @@ def end_jobs_of_silent_hosts(ctx: ServiceContext, timeout: float, keep: int | No
                 continue
             if job.status != "QUEUED":
                 s.jobs.mark_cleaning(job_id)
-            s.jobs.finish(job_id, None, "lost", f"its host '{host}' stopped reporting for {timeout:g} s")
+            finish_job(s, job_id, None, "lost", f"its host '{host}' stopped reporting for {timeout:g} s")
             ended.append((job_id, host))
     ctx.wake(job_id for job_id, _ in ended)
     return ended

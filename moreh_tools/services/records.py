@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from state.records import Event, Job
+from state.records import Event, GroupQuota, Job, QuotaRequest
 
 if TYPE_CHECKING:
     from state.records import SDA
@@ -72,8 +72,33 @@ class ProcessStatus:
 
 
 @dataclass(frozen=True)
+class QueueInfo:
+    """Where a queued job stands: its place in scheduling order, why it waits, and when it should start.
+
+    ``reason_code`` is one of :data:`scheduler_core.reasons.REASON_CODES` (``ReservedForJob:<id>`` names the job);
+    ``expected_start`` is the plan's start (local time with its offset), None when the plan has none.
+    """
+
+    job_id: int
+    position: int | None
+    reason_code: str
+    reason: str
+    expected_start: datetime | None = None
+
+    @property
+    def expected_text(self) -> str:
+        """The estimate as ``YYYY-MM-DD hh:mm:ss`` ("" when there is none)."""
+        return "" if self.expected_start is None else self.expected_start.strftime("%Y-%m-%d %H:%M:%S")
+
+    @property
+    def expected_iso(self) -> str | None:
+        """The estimate in ISO 8601 with the UTC offset (None when there is none)."""
+        return None if self.expected_start is None else self.expected_start.isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
 class WaitingJob:
-    """A queued job of the token: where it stands in the queue and what it waits for."""
+    """A queued job of the token: where it stands in the queue, what it waits for, and when it should start."""
 
     device: int
     job_id: int
@@ -81,6 +106,8 @@ class WaitingJob:
     process: str
     position: int | None
     reason: str
+    reason_code: str = ""
+    expected_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +197,10 @@ class SmiStatus:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the derived figures each table shows."""
         out = asdict(self)
+        for waiting, raw in zip(self.waiting, out["waiting"], strict=True):
+            raw["expected_start"] = (
+                None if waiting.expected_start is None else waiting.expected_start.isoformat(timespec="seconds")
+            )
         for device, raw in zip(self.devices, out["devices"], strict=True):
             raw["memory_used_mib"] = device.memory_used_mib
             raw["memory_total_mib"] = device.memory_total_mib
@@ -308,6 +339,14 @@ class JobRow:
     request_time: datetime
     start_time: datetime | None
     placed_on: str
+    reason_code: str = ""
+    expected_start: datetime | None = None
+    time_limit: float | None = None
+
+    @property
+    def expected_text(self) -> str:
+        """The estimated start as ``YYYY-MM-DD hh:mm:ss`` ("" when there is none)."""
+        return "" if self.expected_start is None else self.expected_start.strftime("%Y-%m-%d %H:%M:%S")
 
     @property
     def queued(self) -> bool:
@@ -389,6 +428,22 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class FairShareRow:
+    """A user group's fair share: its share (nominal GPUs, at least 1), decayed usage and factor (0..1)."""
+
+    user_group_id: int
+    name: str
+    share: float
+    usage_gpu_seconds: float
+    factor: float
+
+    @property
+    def usage_gpu_hours(self) -> float:
+        """The decayed usage in GPU-hours."""
+        return self.usage_gpu_seconds / 3600.0
+
+
+@dataclass(frozen=True)
 class AdminData:
     """The admin view: the grid, the jobs (running, then queued in scheduling order), usage, events."""
 
@@ -397,6 +452,7 @@ class AdminData:
     queue: tuple[JobRow, ...]
     usage: tuple[UsageRow, ...]
     events: tuple[Event, ...]
+    fairshare: tuple[FairShareRow, ...] = ()
 
     @property
     def jobs(self) -> tuple[JobRow, ...]:
@@ -443,6 +499,8 @@ class Submitted:
     busy_command: str = ""
     position: int | None = None
     reason: str = ""
+    reason_code: str = ""
+    expected_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -451,10 +509,11 @@ class JobUpdate:
 
     ``state``: ``queued`` (still waiting), ``allocated`` (devices given; ``job`` has them), ``running``
     (no change while it runs), ``release`` (someone asked the running job to stop; ``detail`` says who),
+    ``preempt`` (the scheduler takes the running job's borrowed devices back; ``detail`` says for whom),
     ``ended`` (it left the queue or ended; ``reason`` is the end reason).
     """
 
-    state: Literal["queued", "allocated", "running", "release", "ended"]
+    state: Literal["queued", "allocated", "running", "release", "preempt", "ended"]
     job: Job | None = None
     reason: str = ""
     detail: str = ""
@@ -500,3 +559,23 @@ class ProcessSample:
     name: str
     memory_mib: int
     index: int
+
+
+# -- quotas ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaRow:
+    """A quota as ``show quota`` lists it: the quota, its grants in force, and what the group uses now."""
+
+    quota: GroupQuota
+    used: int
+    borrowed: int
+
+
+@dataclass(frozen=True)
+class MyQuota:
+    """What ``moreh-smi quota`` shows a user: the quotas of the token's groups and the token's requests."""
+
+    quotas: tuple[QuotaRow, ...]
+    requests: tuple[QuotaRequest, ...]

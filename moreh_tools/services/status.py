@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from moreh_tools import __version__
@@ -21,6 +20,7 @@ from moreh_tools.services.records import (
     VersionInfo,
     WaitingJob,
 )
+from moreh_tools.services.scheduling import STARTS_NEXT_PASS
 from state import views
 from state.errors import UnknownTokenError
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from state.views import JobBrief, SdaRow
 
 _ACTIVE = ("SUBMITTED", "RUNNING")
-#: What a queued job waits for when the scheduler has no objection: the next pass starts it.
-STARTS_NEXT_PASS = "devices are free; it starts at the next scheduling pass"
 
 
 def unknown_token(token: str) -> UnknownTokenError:
@@ -151,33 +149,29 @@ def _processes(s: Session, active: list[JobBrief]) -> list[ProcessStatus]:
 def _waiting(s: Session, queued: list[JobBrief]) -> list[WaitingJob]:
     if not queued:
         return []
-    from state.queue import queue_positions
+    from moreh_tools.services.scheduling import queue_info
 
-    reasons = waiting_reasons(s)
-    positions = queue_positions(s)
-    return [
-        WaitingJob(
-            device=job.sda_id,
-            job_id=job.id,
-            pid=job.launcher_pid,
-            process=job.process_name,
-            position=positions.get(job.id),
-            reason=reasons.get(job.id, STARTS_NEXT_PASS),
+    info = queue_info(s)
+    out = []
+    for job in sorted(queued, key=lambda j: (j.sda_id, j.id)):
+        found = info.get(job.id)
+        out.append(
+            WaitingJob(
+                device=job.sda_id,
+                job_id=job.id,
+                pid=job.launcher_pid,
+                process=job.process_name,
+                position=found.position if found else None,
+                reason=found.reason if found else STARTS_NEXT_PASS,
+                reason_code=found.reason_code if found else "",
+                expected_start=found.expected_start if found else None,
+            )
         )
-        for job in sorted(queued, key=lambda j: (j.sda_id, j.id))
-    ]
+    return out
 
 
 def waiting_reasons(s: Session) -> dict[int, str]:
     """Why each queued job waits, by asking the scheduler the question without applying its answer."""
-    from scheduler_core.scheduling import schedule
-    from state.queue import scheduling_inputs
+    from moreh_tools.services.scheduling import queue_info
 
-    try:
-        backends, queue, active, reserved = scheduling_inputs(s)
-        return dict(schedule(backends, queue, active, reserved).waiting)
-    except Exception:
-        # The reason is a courtesy; a scheduler fault must not hide the user's status.
-        if os.environ.get("MOREH_DEBUG"):
-            raise
-        return {}
+    return {job_id: info.reason for job_id, info in queue_info(s).items()}

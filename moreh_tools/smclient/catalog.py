@@ -15,6 +15,7 @@ def load_commands() -> dict[str, Command]:
         backends,
         groups,
         jobs,
+        quotas,
         sdas,
         system,
         tokens,

@@ -135,7 +135,7 @@ def run_line_here(
     from moreh_tools.smclient.catalog import load_commands
     from moreh_tools.smclient.commands.system import ClearRequested, ExitRequested
     from moreh_tools.smclient.output import Message, Output, to_json
-    from state.errors import StateError, StateOwnedElsewhere
+    from state.errors import BadRequestError, StateError, StateOwnedElsewhere
     from state.events import command_line
 
     out = out or sys.stdout
@@ -170,7 +170,7 @@ def run_line_here(
         raise
     except StateOwnedElsewhere:
         raise  # a daemon took the state while this line waited for it: the port runs the line there instead
-    except UsageError as exc:
+    except (UsageError, BadRequestError) as exc:
         return failed(str(exc), EXIT_USAGE)
     except StateError as exc:
         return failed(str(exc), EXIT_FAILED)

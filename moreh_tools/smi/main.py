@@ -25,7 +25,7 @@ PROG = "moreh-smi"
 HELP = """\
 Usage: moreh-smi [-h | --help] [-r | --reset] [-s | --server-version] [-v | --version] [-t | --token] [-i | --idx device_id]
                  [-p] [--json] [device {--list | --add [model_id] | --rm [device_id] | --switch [device_id]}]
-                 [--dashboard [--interval seconds] [--read-only]]
+                 [quota [--request GPUS --days N --reason TEXT]] [--dashboard [--interval seconds] [--read-only]]
 
 Basic Options:
   -h, --help             provide information about available command switches and their options
@@ -46,6 +46,10 @@ Device Options:
   device --add [model_id]       add a device corresponding to model_id
   device --rm  [device_id]      remove a device corresponding to device_id
   device --switch [device_id]   switch to the device corresponding to [device_id]
+
+Quota Options:
+  quota                                          your user group's GPU quotas and your quota requests
+  quota --request GPUS --days N --reason TEXT    ask an admin for GPUS more GPUs for your group for N days
 
 Device Options operate interactively if there are no optional arguments([model_id], [device_id]).
 model_id is a number from 'device --list' (or a model name); device_id is a number of the Device column.
@@ -85,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     # An option given without its value runs interactively, so "" (given, empty) differs from None (absent).
     for name in ("--add", "--rm", "--switch"):
         parser.add_argument(name, nargs="?", const="", default=None)
+    parser.add_argument("--request")
+    parser.add_argument("--days")
+    parser.add_argument("--reason")
     parser.add_argument("words", nargs="*")
     return parser
 
@@ -111,6 +118,8 @@ def _run(argv: list[str]) -> int:
     if args.help:
         print(HELP)
         return EXIT_OK
+    if "quota" in args.words or any(v is not None for v in (args.request, args.days, args.reason)):
+        return _quota(args)
     device_action = _device_action(args)
     if args.dashboard or args.interval is not None or args.read_only:
         return _dashboard(args, device_action is not None)
@@ -155,6 +164,36 @@ def _run(argv: list[str]) -> int:
     if args.reset:
         return _reset(port, args.idx)
     return _show(port, token, idx=args.idx, tokens=args.token, hardware=args.hardware, as_json=args.json)
+
+
+def _quota(args: argparse.Namespace) -> int:
+    """``quota``: the token's group quotas and requests; ``quota --request GPUS --days N --reason TEXT``: ask for more."""
+    from moreh_tools.smi import quota_cli
+
+    if args.words != ["quota"]:
+        extra = next((w for w in args.words if w != "quota"), "--request")
+        raise ToolError(f"{PROG}: '{extra}' goes with nothing else here; use: quota [--request GPUS --days N --reason TEXT] "
+                        f"({SEE_HELP}).", EXIT_USAGE)
+    others = [name for name, given in (("-r", args.reset), ("-s", args.server_version), ("-v", args.version),
+                                       ("-t", args.token), ("-p", args.hardware), ("-i", args.idx is not None),
+                                       ("--dashboard", args.dashboard), ("--list", args.list),
+                                       ("--add", args.add is not None), ("--rm", args.rm is not None),
+                                       ("--switch", args.switch is not None)) if given]
+    if others:
+        raise ToolError(f"{PROG}: quota goes alone (not with {', '.join(others)}) ({SEE_HELP}).", EXIT_USAGE)
+    from moreh_tools.smi.common import find_token
+
+    if args.request is None:
+        if args.days is not None or args.reason is not None:
+            raise ToolError(f"{PROG}: --days and --reason go with --request GPUS ({SEE_HELP}).", EXIT_USAGE)
+        token = find_token()
+        return quota_cli.show(_port(token), args.json)
+    gpus = quota_cli.number(args.request, "--request", "GPUS")
+    if args.days is None or args.reason is None:
+        raise ToolError(f"{PROG}: quota --request needs --days N and --reason TEXT ({SEE_HELP}).", EXIT_USAGE)
+    days = quota_cli.number(args.days, "--days", "N")
+    token = find_token()
+    return quota_cli.request(_port(token), gpus, days, args.reason, args.json)
 
 
 def _dashboard(args: argparse.Namespace, device_action: bool) -> int:

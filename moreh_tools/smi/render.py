@@ -31,6 +31,8 @@ WAITING_COLUMNS = [
     Column("Process"),
     Column("Queue", "right"),
     Column("Waiting for"),
+    Column("Reason"),
+    Column("Est. Start"),
 ]
 SHORT_COLUMNS = [Column("Device"), Column("Name"), Column("Model")]
 TOKEN_COLUMNS = [Column("Device"), Column("Name"), Column("Token"), Column("Model")]
@@ -111,6 +113,8 @@ def waiting_table(status: SmiStatus) -> str:
             w.process or NONE,
             NONE if w.position is None else str(w.position),
             w.reason,
+            w.reason_code or NONE,
+            NONE if w.expected_start is None else w.expected_start.strftime("%Y-%m-%d %H:%M:%S"),
         ]
         for w in status.waiting
     ]

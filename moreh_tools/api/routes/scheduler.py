@@ -16,7 +16,6 @@ from moreh_tools.api.errors import NOT_FOUND, SYNTAX, ApiError
 from moreh_tools.api.params import param
 from moreh_tools.api.read_cache import cached_answer
 from moreh_tools.api.views import TokenViews, history_info, job_info, service_context, store_of, success
-from state.queue import queue_positions
 from state.records import Job
 from state.reports import HistoryQuery, search_history
 
@@ -32,6 +31,8 @@ HISTORY_STATUSES = {
     "canceled": ("released",),
     "cancelled": ("released",),
     "released": ("released",),
+    "timeout": ("timeout",),
+    "preempted": ("preempted",),
 }
 QUEUE_STATUSES = {"running": ("SUBMITTED", "RUNNING"), "waiting": ("QUEUED",)}
 
@@ -51,8 +52,11 @@ def _own_job(caller: ApiCaller, job: Job | None, job_id: int) -> Job:
 def get_queue(request: Request, caller: CallerDep) -> Any:
     """Running jobs (oldest first), then waiting ones in the order the scheduler will serve them.
 
-    ``status`` (running | waiting) and ``id`` filter; a USER sees only its own token's jobs.
+    ``status`` (running | waiting) and ``id`` filter; a USER sees only its own token's jobs. A waiting job also
+    carries ``reasonCode``, ``reason`` and ``expectedStart`` (ISO 8601 with the UTC offset, or null).
     """
+    from moreh_tools.services.scheduling import queue_info
+
     status = param(request, "status", required=False)
     job_id = param(request, "id", int, required=False)
     wanted: tuple[str, ...] | None = None
@@ -64,11 +68,23 @@ def get_queue(request: Request, caller: CallerDep) -> Any:
     def compute() -> list[dict[str, Any]]:
         with store_of(request).reading() as s:
             jobs = s.jobs.all() if caller.reads_all else s.jobs.of_token(caller.token)
-            positions = queue_positions(s)
             jobs = [j for j in jobs if (wanted is None or j.status in wanted) and (job_id is None or j.id == job_id)]
+            info = queue_info(s) if any(j.status == "QUEUED" for j in jobs) else {}
+            positions = {job: i.position or 0 for job, i in info.items()}
             jobs.sort(key=lambda j: (j.status == "QUEUED", positions.get(j.id, 0), j.id))
             views = TokenViews(s, caller, {j.token for j in jobs})
-            return [job_info(j, views, positions.get(j.id)) for j in jobs]
+            shown = []
+            for j in jobs:
+                found = info.get(j.id)
+                item = job_info(j, views, found.position if found else None)
+                if j.status == "QUEUED":
+                    item.update(
+                        reasonCode=found.reason_code if found else None,
+                        reason=found.reason if found else None,
+                        expectedStart=found.expected_iso if found else None,
+                    )
+                shown.append(item)
+            return shown
 
     return cached_answer(request, caller, compute)
 

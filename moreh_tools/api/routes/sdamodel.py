@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from moreh_tools.api.auth import ApiCaller, CallerDep, require_admin, require_reader, require_self_or_admin
 from moreh_tools.api.params import param
 from moreh_tools.api.views import success
-from state.records import ModelGroup, SDAModel
+from state.records import ModelGroup, SDAModel, TimeLimits
 from state.session import Session
 
 router = APIRouter(tags=["SDAModel"])
@@ -29,8 +29,13 @@ def _group_brief(group: ModelGroup) -> dict[str, Any]:
     }
 
 
-def model_view(model: SDAModel, description: str, groups: list[ModelGroup]) -> dict[str, Any]:
-    """An SDA model as the document's SDAModel; ``group`` is its first model group (``groups`` lists all)."""
+def model_view(
+    model: SDAModel, description: str, groups: list[ModelGroup], limits: TimeLimits | None = None
+) -> dict[str, Any]:
+    """An SDA model as the document's SDAModel; ``group`` is its first model group (``groups`` lists all).
+
+    ``timeLimitDefault`` and ``timeLimitMax`` (ours) are the model's job time limits in seconds (null: not set).
+    """
     briefs = [_group_brief(g) for g in groups]
     return {
         "id": model.id,
@@ -39,6 +44,8 @@ def model_view(model: SDAModel, description: str, groups: list[ModelGroup]) -> d
         "description": description,
         "group": briefs[0] if briefs else None,
         "groups": briefs,
+        "timeLimitDefault": limits.default if limits else None,
+        "timeLimitMax": limits.maximum if limits else None,
     }
 
 
@@ -58,12 +65,15 @@ def group_view(group: ModelGroup, descriptions: dict[int, str]) -> dict[str, Any
 def _models(s: Session, caller: ApiCaller, token: str | None) -> list[dict[str, Any]]:
     groups = s.model_groups.all()
     descriptions = s.models.descriptions()
+    limits = s.limits.models()
     if token is None and caller.reads_all:
         groups_of: dict[int, list[ModelGroup]] = {}
         for group in groups:
             for model in group.models:
                 groups_of.setdefault(model.id, []).append(group)
-        return [model_view(m, descriptions.get(m.id, ""), groups_of.get(m.id, [])) for m in s.models.all()]
+        return [
+            model_view(m, descriptions.get(m.id, ""), groups_of.get(m.id, []), limits.get(m.id)) for m in s.models.all()
+        ]
     who = token if token is not None else caller.token
     if not caller.reads_all:
         require_self_or_admin(caller, who)
@@ -73,7 +83,7 @@ def _models(s: Session, caller: ApiCaller, token: str | None) -> list[dict[str, 
         entry = chosen.setdefault(choice.model.id, (choice.model, []))
         if choice.group is not None:
             entry[1].append(choice.group)
-    return [model_view(m, descriptions.get(m.id, ""), g) for m, g in chosen.values()]
+    return [model_view(m, descriptions.get(m.id, ""), g, limits.get(m.id)) for m, g in chosen.values()]
 
 
 @router.get("/api/sdamanager/sdamodel", summary="List SDA models (those a token may use, with token)")
@@ -86,15 +96,39 @@ def list_models(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
 
 @router.post("/api/sdamanager/sdamodel", summary="Add an SDA model")
 def create_model(request: Request, caller: CallerDep) -> dict[str, Any]:
-    """Add model ``name`` of ``numDevices`` devices described by ``desc``."""
+    """Add model ``name`` of ``numDevices`` devices described by ``desc`` (``timeLimitDefault``/``timeLimitMax``: ours)."""
+    from moreh_tools.services.limits import apply_model_limits
+
     require_admin(caller)
     name = param(request, "name", str)
     devices = param(request, "numDevices", int)
     description = param(request, "desc", str)
+    limit_default = param(request, "timeLimitDefault", required=False)
+    limit_max = param(request, "timeLimitMax", required=False)
     with request.app.state.store.transaction("api: POST /api/sdamanager/sdamodel") as s:
         model_id = s.models.create(name, devices)
         s.models.describe(model_id, description)
-        return success(model_view(s.models.get(model_id), description, []))
+        limits = None
+        if limit_default is not None or limit_max is not None:
+            limits = apply_model_limits(s, model_id, limit_default, limit_max)
+        return success(model_view(s.models.get(model_id), description, [], limits))
+
+
+@router.put("/api/sdamanager/sdamodel", summary="Change an SDA model's job time limits (ours)")
+def update_model(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Set model ``sdamodel``'s ``timeLimitDefault`` and/or ``timeLimitMax`` (``moreh-run --time`` forms; null clears)."""
+    from moreh_tools.api.errors import SYNTAX, ApiError
+    from moreh_tools.services.limits import apply_model_limits
+
+    require_admin(caller)
+    model_id = param(request, "sdamodel", int)
+    limit_default = param(request, "timeLimitDefault", required=False)
+    limit_max = param(request, "timeLimitMax", required=False)
+    if limit_default is None and limit_max is None:
+        raise ApiError(SYNTAX, "SyntaxError. Nothing to change: give 'timeLimitDefault' and/or 'timeLimitMax'.")
+    with request.app.state.store.transaction("api: PUT /api/sdamanager/sdamodel") as s:
+        limits = apply_model_limits(s, model_id, limit_default, limit_max)
+        return success(model_view(s.models.get(model_id), s.models.descriptions().get(model_id, ""), [], limits))
 
 
 @router.delete("/api/sdamanager/sdamodel", summary="Delete an SDA model")

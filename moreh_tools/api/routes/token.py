@@ -15,6 +15,7 @@ from moreh_tools.api.errors import SYNTAX, ApiError
 from moreh_tools.api.params import first_given, param
 from moreh_tools.api.tokens import forget_token
 from moreh_tools.api.views import TokenViews, command_text, store_of, success
+from moreh_tools.services.limits import apply_token_limits
 
 router = APIRouter(tags=["Token"])
 
@@ -53,12 +54,16 @@ def create_token(request: Request, caller: CallerDep) -> Any:
     priority = param(request, "priority", int, required=False, default=0)
     max_duplicates = param(request, "maxDuplicates", int, required=False, default=1)
     access_level = param(request, "accessLevel", required=False)
+    limit_default = param(request, "timeLimitDefault", required=False)
+    limit_max = param(request, "timeLimitMax", required=False)
     with store_of(request).transaction(command_text(request)) as s:
         value = s.tokens.create(desc, priority)
         if max_duplicates != 1:
             s.tokens.update_duplicable(value, max_duplicates)
         if access_level is not None:
             s.tokens.update_access_level(value, access_level.upper())
+        if limit_default is not None or limit_max is not None:
+            apply_token_limits(s, value, limit_default, limit_max)
         result = TokenViews(s, caller, [value]).token(value)
     return success(result)
 
@@ -66,7 +71,8 @@ def create_token(request: Request, caller: CallerDep) -> Any:
 @router.put("/api/sdamanager/token", summary="Change a token")
 def update_token(request: Request, caller: CallerDep) -> Any:
     """Change what is given of ``desc``, ``targetSdaId`` (also USER, own token) and, ADMIN only,
-    ``priority``, ``maxSdaCount``, ``maxDuplicates`` and ``accessLevel``; all in one transaction."""
+    ``priority``, ``maxSdaCount``, ``maxDuplicates``, ``accessLevel``, ``timeLimitDefault`` and ``timeLimitMax``
+    (time limits in ``moreh-run --time`` forms, ``null`` clears); all in one transaction."""
     token = param(request, "token")
     desc = first_given(param(request, "desc", required=False), param(request, "description", required=False))
     priority = param(request, "priority", int, required=False)
@@ -74,14 +80,18 @@ def update_token(request: Request, caller: CallerDep) -> Any:
     target_sda = param(request, "targetSdaId", int, required=False)
     max_duplicates = param(request, "maxDuplicates", int, required=False)
     access_level = param(request, "accessLevel", required=False)
+    limit_default = param(request, "timeLimitDefault", required=False)
+    limit_max = param(request, "timeLimitMax", required=False)
     require_self_or_admin(caller, token)
-    if any(v is not None for v in (priority, max_sda, max_duplicates, access_level)):
+    if any(v is not None for v in (priority, max_sda, max_duplicates, access_level, limit_default, limit_max)):
         require_admin(caller)
-    if all(v is None for v in (desc, priority, max_sda, target_sda, max_duplicates, access_level)):
+    if all(
+        v is None for v in (desc, priority, max_sda, target_sda, max_duplicates, access_level, limit_default, limit_max)
+    ):
         raise ApiError(
             SYNTAX,
             "SyntaxError. Nothing to change: give at least one of the parameters 'desc', 'priority', 'maxSdaCount', "
-            "'targetSdaId', 'maxDuplicates', 'accessLevel'.",
+            "'targetSdaId', 'maxDuplicates', 'accessLevel', 'timeLimitDefault', 'timeLimitMax'.",
         )
     with store_of(request).transaction(command_text(request)) as s:
         s.tokens.get(token)
@@ -100,6 +110,8 @@ def update_token(request: Request, caller: CallerDep) -> Any:
             s.tokens.update_current_sda(token, target_sda)
         if access_level is not None:
             s.tokens.update_access_level(token, access_level.upper())
+        if limit_default is not None or limit_max is not None:
+            apply_token_limits(s, token, limit_default, limit_max)
     if access_level is not None:
         forget_token(request.app, token)
     return success()

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from moreh_tools.dashboard import formatting as fmt
-from moreh_tools.services.records import HistoryRow, JobRow, UsageRow
+from moreh_tools.services.records import FairShareRow, HistoryRow, JobRow, UsageRow
 
 Cell = str | Text
 Row = tuple[str, tuple[Cell, ...]]
@@ -66,7 +66,15 @@ def _status(job: JobRow) -> Text:
 
 
 def _where(job: JobRow, width: int | None = None) -> Text:
-    text = Text(job.reason, style="yellow") if job.queued else Text(job.placed_on or job.host, style="dim")
+    if job.queued:
+        text = Text(job.reason_code or "", style="bold yellow")
+        if job.expected_start is not None:
+            text.append(f" ~{job.expected_text}", style="cyan")
+        if job.reason_code:
+            text.append(": ")
+        text.append(job.reason, style="yellow")
+    else:
+        text = Text(job.placed_on or job.host, style="dim")
     if width is not None:
         text.truncate(width, overflow="ellipsis")
     return text
@@ -205,5 +213,33 @@ class UsageTable(LiveTable):
                     ),
                 )
                 for u in usage
+            ]
+        )
+
+
+class FairShareTable(LiveTable):
+    """Each user group's fair share: share, decayed usage and the factor that orders jobs of equal priority."""
+
+    COLUMNS = (
+        ("group", "Group"),
+        ("share", "Share"),
+        ("hours", "GPU·h"),
+        ("factor", "Factor"),
+    )
+
+    def show(self, rows: Sequence[FairShareRow]) -> None:
+        """Fill from the fair-share rows."""
+        self.fill(
+            [
+                (
+                    str(r.user_group_id),
+                    (
+                        Text(fmt.clip(r.name, 12)),
+                        f"{r.share:g}",
+                        f"{r.usage_gpu_hours:.1f}",
+                        Text(f"{r.factor:.3f}", style="green" if r.factor >= 0.5 else "yellow"),
+                    ),
+                )
+                for r in rows
             ]
         )

@@ -7,7 +7,7 @@ from moreh_tools.smclient.args import UsageError, is_int, to_int
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
 from state.errors import InvalidValueError
-from state.records import SDA, SDAModel
+from state.records import SDA, SDAModel, TimeLimits
 from state.session import Session
 
 SDA_COLUMNS = [
@@ -48,12 +48,32 @@ def sda_table(sdas: list[SDA]) -> Table:
     return Table(SDA_COLUMNS, rows, [sda_record(s) for s in sdas])
 
 
-def model_table(models: list[SDAModel]) -> Table:
-    """The seed's ``show sdamodel`` table."""
+def model_table(models: list[SDAModel], limits: dict[int, TimeLimits] | None = None) -> Table:
+    """The seed's ``show sdamodel`` table; with time limits set on some model, two more columns."""
+    from moreh_tools.services.limits import limit_text
+
+    shown = {m.id: limits[m.id] for m in models if limits and m.id in limits}
+    if not shown:  # the seeds' table, byte for byte, until a limit is set
+        return Table(
+            MODEL_COLUMNS,
+            [[str(m.id), m.name, str(m.devices)] for m in models],
+            [{"id": m.id, "name": m.name, "devices": m.devices} for m in models],
+        )
+    none = TimeLimits()
     return Table(
-        MODEL_COLUMNS,
-        [[str(m.id), m.name, str(m.devices)] for m in models],
-        [{"id": m.id, "name": m.name, "devices": m.devices} for m in models],
+        [*MODEL_COLUMNS, Column("Time Limit"), Column("Max Time Limit")],
+        [
+            [str(m.id), m.name, str(m.devices), limit_text(shown.get(m.id, none).default),
+             limit_text(shown.get(m.id, none).maximum)]
+            for m in models
+        ],
+        [
+            {
+                "id": m.id, "name": m.name, "devices": m.devices,
+                "time_limit_default": shown.get(m.id, none).default, "time_limit_max": shown.get(m.id, none).maximum,
+            }
+            for m in models
+        ],
     )
 
 
@@ -179,10 +199,29 @@ def delete_sdamodel(ctx: Context, args: list[str]) -> Output:
 @command("show sdamodel", "Print list of SDAModels", "show sdamodel {token : optional}")
 def show_sdamodel(ctx: Context, args: list[str]) -> Output:
     with ctx.read() as s:
+        limits = s.limits.models()
         if not args:
-            return model_table(s.models.all())
+            return model_table(s.models.all(), limits)
         s.tokens.get(args[0])
         seen: dict[int, SDAModel] = {}
         for choice in s.model_groups.choices_for(args[0]):
             seen.setdefault(choice.model.id, choice.model)
-        return model_table(list(seen.values()))
+        return model_table(list(seen.values()), limits)
+
+
+@command(
+    "update sdamodel timelimit",
+    "Update SDAModel job time limits (default and max; null clears; e.g. 2h, 1-00:00:00)",
+    "update sdamodel timelimit {sdamodel id} {default} {max : optional}",
+)
+def update_sdamodel_timelimit(ctx: Context, args: list[str]) -> Output:
+    from moreh_tools.services.limits import set_model_limits
+
+    model_id = to_int(args[0], "SDA model id")
+    limits = set_model_limits(
+        ctx.service, model_id=model_id, default=args[1], maximum=args[2] if len(args) > 2 else None
+    )
+    return Message(
+        "Update SDAModel Time Limit success.",
+        {"id": model_id, "time_limit_default": limits.default, "time_limit_max": limits.maximum},
+    )

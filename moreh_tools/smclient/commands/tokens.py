@@ -72,10 +72,16 @@ def delete_token(ctx: Context, args: list[str]) -> Output:
     return Message("Delete Token success.")
 
 
+LIMIT_COLUMNS = [Column("Time Limit"), Column("Max Time Limit")]
+
+
 @command("get token", "Get Token information", "get token {token}")
 def get_token(ctx: Context, args: list[str]) -> Output:
+    from moreh_tools.services.limits import limit_text
+
     with ctx.read() as s:
         t = s.tokens.get(args[0])
+        limits = s.limits.of_token(t.value)
     row = [
         t.value,
         t.description,
@@ -87,7 +93,12 @@ def get_token(ctx: Context, args: list[str]) -> Output:
         t.worker_execute_info,
         t.env_text,
     ]
-    return Table(GET_COLUMNS, [row], [token_record(t)])
+    record = token_record(t)
+    if not limits.is_set:  # the seeds' table, byte for byte, until a limit is set
+        return Table(GET_COLUMNS, [row], [record])
+    row += [limit_text(limits.default), limit_text(limits.maximum)]
+    record.update(time_limit_default=limits.default, time_limit_max=limits.maximum)
+    return Table(GET_COLUMNS + LIMIT_COLUMNS, [row], [record])
 
 
 @command("show token", "Print list of Tokens")
@@ -169,3 +180,18 @@ def remove_token_env(ctx: Context, args: list[str]) -> Output:
     with ctx.write() as s:
         s.tokens.remove_env(args[0], args[1])
     return Message("Remove Token Env success.")
+
+
+@command(
+    "update token timelimit",
+    "Update Token job time limits (default and max; null clears; e.g. 2h, 1-00:00:00)",
+    "update token timelimit {token} {default} {max : optional}",
+)
+def update_token_timelimit(ctx: Context, args: list[str]) -> Output:
+    from moreh_tools.services.limits import set_token_limits
+
+    limits = set_token_limits(ctx.service, token=args[0], default=args[1], maximum=args[2] if len(args) > 2 else None)
+    return Message(
+        "Update Token Time Limit success.",
+        {"token": args[0], "time_limit_default": limits.default, "time_limit_max": limits.maximum},
+    )
