@@ -255,7 +255,8 @@ class JobRepository:
         )
         self.s.execute(
             "UPDATE devices SET status = 'PROCESSING' FROM job_devices d "
-            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index "
+            "AND devices.status <> 'UNHEALTHY'",
             [job_id],
         )
 
@@ -263,7 +264,8 @@ class JobRepository:
         """The job's process has ended: its devices are being cleaned."""
         self.s.execute(
             "UPDATE devices SET status = 'CLEANING' FROM job_devices d "
-            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index "
+            "AND devices.status <> 'UNHEALTHY'",
             [job_id],
         )
 
@@ -279,7 +281,7 @@ class JobRepository:
         if job is None:
             return None
         if job.release_requested and reason in ("failed", "finished", "lost"):
-            reason = "released"
+            reason = self.s.guardian.release_reason(job_id) or "released"  # "idle": the GPU guardian reclaimed it
         if job.release_requested and not detail:
             detail = job.release_detail
         devices = json.dumps([{"host": d.backend_host, "backend_id": d.backend_id, "index": d.index} for d in job.devices])

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 # The document's job statuses; SUBMITTED (devices given, command not started yet) counts as Running.
 JOB_STATUS = {"QUEUED": "Waiting", "SUBMITTED": "Running", "RUNNING": "Running"}
-END_STATUS = {"finished": "Completed", "failed": "Failed", "lost": "Failed", "released": "Canceled"}
+END_STATUS = {
+    "finished": "Completed", "failed": "Failed", "lost": "Failed", "released": "Canceled", "idle": "Canceled"
+}
 
 
 def api_time(value: datetime | None) -> str | None:

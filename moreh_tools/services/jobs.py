@@ -158,7 +158,8 @@ def owned_job(s: Session, caller: Caller, job_id: int) -> tuple[Job | None, bool
 
 
 def job_update(s: Session, caller: Caller, job_id: int, seen: str) -> JobUpdate | None:
-    """What changed for a launcher that last saw its job ``seen`` (``queued`` or ``running``); None: nothing."""
+    """What changed for a launcher that last saw its job ``seen`` (``queued``, ``running``, ``running#<notice id>``
+    or ``release``); None: nothing."""
     job, _ = owned_job(s, caller, job_id)
     if job is None:
         ended = s.jobs.history_entry(job_id)
@@ -171,7 +172,9 @@ def job_update(s: Session, caller: Caller, job_id: int, seen: str) -> JobUpdate 
         return JobUpdate("allocated", job)
     if job.release_requested and seen != "release":
         return JobUpdate("release", job, detail=job.release_detail)
-    return None
+    from moreh_tools.services.guardian import notice_update  # the GPU guardian's lines for the launcher
+
+    return notice_update(s, job_id, seen)
 
 
 def wait(ctx: ServiceContext, *, job_id: int, timeout: float, seen: str = "queued") -> JobUpdate:

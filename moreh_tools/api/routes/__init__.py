@@ -12,4 +12,5 @@ ROUTER_MODULES = (
     "moreh_tools.api.routes.membership",
     "moreh_tools.api.routes.usage",
     "moreh_tools.api.routes.log",
+    "moreh_tools.api.routes.guardian",
 )

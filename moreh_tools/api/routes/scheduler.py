@@ -28,9 +28,10 @@ HISTORY_STATUSES = {
     "finished": ("finished",),
     "failed": ("failed", "lost"),
     "lost": ("lost",),
-    "canceled": ("released",),
-    "cancelled": ("released",),
+    "canceled": ("released", "idle"),
+    "cancelled": ("released", "idle"),
     "released": ("released",),
+    "idle": ("idle",),
 }
 QUEUE_STATUSES = {"running": ("SUBMITTED", "RUNNING"), "waiting": ("QUEUED",)}
 
