@@ -167,6 +167,19 @@ def job_figures(
     return [figures.get(d, GpuFigures(None, None)) for d in devices]
 
 
+#: An idle stretch survives a gap between samples of at most this many daemon ticks (and at least 30 s).
+STRETCH_GAP_TICKS = 5
+MIN_STRETCH_GAP_S = 30.0
+
+
+def stale_stretch(checked_at: float | None, now: float, tick_s: float) -> bool:
+    """Whether a job's idle stretch must start afresh: it was last sampled too long ago (the daemon was down, its
+    host silent) to know that the job stayed idle meanwhile."""
+    if checked_at is None:
+        return False
+    return now - checked_at > max(STRETCH_GAP_TICKS * tick_s, MIN_STRETCH_GAP_S)
+
+
 def describe_policy(policy: IdlePolicy) -> str:
     """``GPU utilisation below 5 % and memory below 1024 MiB``: what idle means under ``policy``."""
     return f"GPU utilisation below {policy.util_percent:g} % and memory below {policy.memory_mib:g} MiB"

@@ -455,18 +455,21 @@ class GuardianRepository:
         if not ids:
             return {}
         rows = self.s.all(
-            "SELECT job_id, idle_since, warned, seconds_left, reclaimed, notified_at FROM job_idle "
+            "SELECT job_id, idle_since, warned, seconds_left, reclaimed, notified_at, checked_at FROM job_idle "
             f"WHERE job_id IN ({','.join('?' * len(ids))})",
             ids,
         )
-        return {int(r[0]): JobIdle(int(r[0]), r[1], bool(r[2]), r[3], bool(r[4]), r[5]) for r in rows}
+        return {int(r[0]): JobIdle(int(r[0]), r[1], bool(r[2]), r[3], bool(r[4]), r[5], r[6]) for r in rows}
 
     def put_idle(self, state: JobIdle) -> None:
         """Store one job's idle bookkeeping."""
         self.s.execute("DELETE FROM job_idle WHERE job_id = ?", [state.job_id])
         self.s.execute(
-            "INSERT INTO job_idle VALUES (?, ?, ?, ?, ?, ?)",
-            [state.job_id, state.idle_since, state.warned, state.seconds_left, state.reclaimed, state.notified_at],
+            "INSERT INTO job_idle VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                state.job_id, state.idle_since, state.warned, state.seconds_left, state.reclaimed, state.notified_at,
+                state.checked_at,
+            ],
         )
 
     def drop_idle(self, job_ids: Iterable[int]) -> None:

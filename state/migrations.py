@@ -280,7 +280,8 @@ def m006_gpu_guardian(conn: Connection) -> None:
             warned BOOLEAN NOT NULL DEFAULT FALSE,
             seconds_left DOUBLE,
             reclaimed BOOLEAN NOT NULL DEFAULT FALSE,
-            notified_at DOUBLE
+            notified_at DOUBLE,
+            checked_at DOUBLE
         );
         CREATE SEQUENCE seq_job_notice START 1;
         CREATE TABLE job_notices (

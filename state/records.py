@@ -305,3 +305,4 @@ class JobIdle:
     seconds_left: float | None
     reclaimed: bool
     notified_at: float | None = None
+    checked_at: float | None = None  # the sample this was last updated by

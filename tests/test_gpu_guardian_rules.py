@@ -28,6 +28,7 @@ from scheduler_core.guardian import (
     job_figures,
     job_pids,
     parse_idle_policy,
+    stale_stretch,
     unhealthy_devices,
 )
 from tests.conftest import ApiServer, Smc, ok
@@ -117,6 +118,13 @@ def test_what_an_idle_jobs_launcher_is_told_over_one_stretch() -> None:
         "devices are reclaimed in 4 min 50 s unless it uses them.",
         "[info] job 7 is busy again: the idle countdown stopped.",
     ]  # the new stretch at 330 s is not announced again within the window
+
+
+def test_an_idle_stretch_nobody_sampled_for_a_while_starts_afresh() -> None:
+    assert not stale_stretch(None, 100.0, 2.0)
+    assert not stale_stretch(80.0, 100.0, 2.0)  # within 30 s
+    assert stale_stretch(60.0, 100.0, 2.0)
+    assert not stale_stretch(60.0, 100.0, 10.0)  # within 5 ticks of 10 s
 
 
 def test_durations_for_users() -> None:

@@ -186,14 +186,18 @@ class Launch:
             signals.check()
 
     def _processes_on(self, job: Job) -> list[object] | None:
-        """The processes on the job's GPUs of this host now (None: they cannot be read here)."""
+        """The processes on the job's GPUs of this host now; None when the local daemon watches them every tick
+        (its flags are what the check reads: no GPU library loads on the way to the command) or they cannot be read.
+        """
+        from moreh_tools.port import master_address
+
+        indexes = {d.index for d in job.devices if job.backend_id is None or d.backend_id == job.backend_id}
+        if not indexes or (master_address() is None and self.port.daemon_running()):
+            return None
         from moreh_tools import gpus
         from moreh_tools.gpus.base import GpuUnavailableError
         from moreh_tools.gpus.watch import processes_on
 
-        indexes = {d.index for d in job.devices if job.backend_id is None or d.backend_id == job.backend_id}
-        if not indexes:
-            return None
         try:
             provider = gpus.get_provider()
         except GpuUnavailableError:

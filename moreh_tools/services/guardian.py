@@ -50,6 +50,7 @@ from scheduler_core.guardian import (
     job_pids,
     parse_idle_policy,
     reclaim_detail,
+    stale_stretch,
     unhealthy_devices,
 )
 from state.errors import InvalidValueError, NotFoundError
@@ -165,6 +166,7 @@ def _follow_idle(
     figures = {x.index: GpuFigures(x.util_gpu, x.memory_used_mib) for x in samples}
     used = {p.index for p in processes}
     now = g.now()
+    tick = g.tick()
     woken: list[int] = []
     uncovered: list[int] = []
     for job in running:
@@ -176,6 +178,8 @@ def _follow_idle(
         if job.release_requested or (prior is not None and prior.reclaimed):
             continue
         policy = _policy_of(row)
+        if prior is not None and stale_stretch(prior.checked_at, now, tick):
+            prior = JobIdle(job.id, None, False, None, False, prior.notified_at)  # unseen meanwhile: start afresh
         verdict = update_idle(
             policy,
             prior.idle_since if prior else None,
@@ -201,7 +205,7 @@ def _follow_idle(
             notified_at = now if notice.notified else notified_at
             woken.append(job.id)
         g.put_idle(
-            JobIdle(job.id, verdict.idle_since, verdict.warned, verdict.seconds_left, verdict.reclaim, notified_at)
+            JobIdle(job.id, verdict.idle_since, verdict.warned, verdict.seconds_left, verdict.reclaim, notified_at, now)
         )
         if verdict.reclaim:
             scope = "token" if row.scope == "token" else f"SDA model {row.target}"
