@@ -90,7 +90,9 @@ def job_pids(
     return found
 
 
-def before_start(processes: Iterable[DeviceProcess], job_id: int, devices: Collection[int], tagged: Collection[int]) -> list[Foreign]:
+def before_start(
+    processes: Iterable[DeviceProcess], job_id: int, devices: Collection[int], tagged: Collection[int]
+) -> list[Foreign]:
     """What stands in the way of a job about to start on ``devices``: every process on them that is not the job's.
 
     ``tagged`` are the pids that carry the job's own id (its command may already be starting).

@@ -185,7 +185,8 @@ class GuardianRepository:
         """
         if not causes:
             return []
-        statuses = {int(i): str(st) for i, st in self.s.all("SELECT idx, status FROM devices WHERE backend_id = ?", [backend_id])}
+        rows = self.s.all("SELECT idx, status FROM devices WHERE backend_id = ?", [backend_id])
+        statuses = {int(i): str(st) for i, st in rows}
         changed: list[NewlyUnhealthy] = []
         for index in sorted(causes):
             if index not in statuses or statuses[index] == UNHEALTHY:

@@ -1,12 +1,12 @@
 """While the job's command runs, hear what happens to the job elsewhere and act on it here.
 
 Someone asking the job to stop (an admin's ``release``, the user's ``moreh-smi -r``, the dashboard's
-``x``, the GPU guardian reclaiming an idle job) reaches the launcher at once (a long poll through the daemon or the master, or the job's FIFO
-without a daemon). The launcher then stops its own command (SIGTERM to its process group, SIGKILL
-after ``MOREH_RELEASE_GRACE``), so a release works even where the releaser may not signal the user's
-processes, and the user reads one line saying who stopped the job. The GPU guardian's notices (the job's GPU
-failed, a foreign process uses it, the job is idle and how long is left before its devices are reclaimed) are
-printed on stderr as they come.
+``x``, the GPU guardian reclaiming an idle job) reaches the launcher at once (a long poll through the
+daemon or the master, or the job's FIFO without a daemon). The launcher then stops its own command
+(SIGTERM to its process group, SIGKILL after ``MOREH_RELEASE_GRACE``), so a release works even where
+the releaser may not signal the user's processes, and the user reads one line saying who stopped the
+job. The GPU guardian's notices (the job's GPU failed, a foreign process uses it, the job is idle and
+how long is left before its devices are reclaimed) are printed on stderr as they come.
 """
 
 from __future__ import annotations

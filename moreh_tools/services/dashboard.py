@@ -153,7 +153,9 @@ def gather_grid(s: Session) -> tuple[GridBackend, ...]:
                        d.name == SIMULATED_GPU_NAME, "; ".join(flagged.get((d.backend_id, d.idx), ())))
         )
     return tuple(
-        GridBackend(b.id, b.host, b.status, b.group, tuple(by_backend.get(b.id, ())), "; ".join(flagged.get((b.id, None), ())))
+        GridBackend(
+            b.id, b.host, b.status, b.group, tuple(by_backend.get(b.id, ())), "; ".join(flagged.get((b.id, None), ()))
+        )
         for b in backends
     )
 

@@ -374,7 +374,11 @@ def token_guard(
         return (), ()
     wanted = set(gpus)
     backends = set(g.backends_of_token(token))
-    flags = tuple(f for f in g.flags(backends | {b for b, _ in wanted}) if (f.backend_id, f.index) in wanted or f.backend_id in backends)
+    flags = tuple(
+        f
+        for f in g.flags(backends | {b for b, _ in wanted})
+        if (f.backend_id, f.index) in wanted or f.backend_id in backends
+    )
     idle: list[IdleStatus] = []
     bookkeeping = g.idle_of(job for _, job in running)
     busy = {job: state for job, state in bookkeeping.items() if state.idle_since is not None and not state.reclaimed}

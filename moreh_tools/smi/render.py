@@ -202,7 +202,8 @@ def gpu_table(device: DeviceStatus, flags: Sequence[DeviceFlag] = ()) -> str:
     ]
     text = render_grid(GPU_COLUMNS, rows)
     behind = {(gpu.backend_id, gpu.index) for gpu in device.gpus}
-    mine = [f for f in flags if (f.backend_id, f.index) in behind or (f.index is None and f.backend_id in {b for b, _ in behind})]
+    hosts = {b for b, _ in behind}
+    mine = [f for f in flags if (f.backend_id, f.index) in behind or (f.index is None and f.backend_id in hosts)]
     if mine:
         text += "\n" + "\n".join(["GPU guardian:", *(flag_line(f) for f in mine)])
     if not device.gpus:

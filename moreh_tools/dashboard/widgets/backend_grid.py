@@ -43,7 +43,8 @@ def guard_lines(backends: Sequence[GridBackend]) -> list[Text]:
         for device in backend.devices:
             if device.flag:
                 style = "red" if device.status == "UNHEALTHY" else "dark_orange"
-                lines.append(Text(f"{backend.id} {backend.host}:{device.index} {shown_state(device).lower()}: {device.flag}", style=style))
+                where = f"{backend.id} {backend.host}:{device.index}"
+                lines.append(Text(f"{where} {shown_state(device).lower()}: {device.flag}", style=style))
     return lines
 
 

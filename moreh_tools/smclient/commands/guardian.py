@@ -30,6 +30,7 @@ FLAG_COLUMNS = [
     Column("Since"),
     Column("Cause"),
 ]
+_WINDOW = "{window [seconds | 90s | 30m | 2h | 1d]}"
 _GRACE = "{grace : optional}"
 
 
@@ -62,7 +63,7 @@ def _set(ctx: Context, scope: str, args: list[str]) -> Output:
 @command(
     "update token idle",
     "Reclaim the devices of the token's jobs once idle for a window",
-    f"update token idle {{token}} {{util %}} {{memory MiB}} {{window [seconds | 90s | 30m | 2h | 1d]}} {_GRACE}",
+    f"update token idle {{token}} {{util %}} {{memory MiB}} {_WINDOW} {_GRACE}",
     hidden=True,
 )
 def update_token_idle(ctx: Context, args: list[str]) -> Output:
@@ -72,7 +73,7 @@ def update_token_idle(ctx: Context, args: list[str]) -> Output:
 @command(
     "update sdamodel idle",
     "Reclaim the devices of the SDA model's jobs once idle for a window",
-    f"update sdamodel idle {{sdamodel id}} {{util %}} {{memory MiB}} {{window [seconds | 90s | 30m | 2h | 1d]}} {_GRACE}",
+    f"update sdamodel idle {{sdamodel id}} {{util %}} {{memory MiB}} {_WINDOW} {_GRACE}",
     hidden=True,
 )
 def update_sdamodel_idle(ctx: Context, args: list[str]) -> Output:
