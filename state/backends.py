@@ -319,15 +319,18 @@ class BackendRepository:
         held = self._held_devices(backend_id, index)
         if held:
             raise ConflictError(f"Backend {backend_id} device {held[0][0]} is held by {held[0][1]}; release it first.")
+        cleared = self.s.guardian.device_status_set(backend_id, index, status)
         if index is None:
             self.s.execute("UPDATE devices SET status = ? WHERE backend_id = ?", [status, backend_id])
         else:
             self.s.execute(
                 "UPDATE devices SET status = ? WHERE backend_id = ? AND idx = ?", [status, backend_id, index]
             )
+        # Clearing an UNHEALTHY device keeps what had failed in the event log.
+        was = "".join(f" was_unhealthy[{i}]={cause}" for i, cause in cleared)
         self.s.events.record(
             "UPDATE_DEVICE",
-            f"backend={backend_id} device={'all' if index is None else index} status={status}",
+            f"backend={backend_id} device={'all' if index is None else index} status={status}{was}",
         )
         return len(indexes) if index is None else 1
 

@@ -314,7 +314,8 @@ class JobRepository:
         )
         self.s.execute(
             "UPDATE devices SET status = 'PROCESSING' FROM job_devices d "
-            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index "
+            "AND devices.status <> 'UNHEALTHY'",
             [job_id],
         )
 
@@ -322,7 +323,8 @@ class JobRepository:
         """The job's process has ended: its devices are being cleaned."""
         self.s.execute(
             "UPDATE devices SET status = 'CLEANING' FROM job_devices d "
-            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index",
+            "WHERE d.job_id = ? AND devices.backend_id = d.backend_id AND devices.idx = d.device_index "
+            "AND devices.status <> 'UNHEALTHY'",
             [job_id],
         )
 
@@ -348,7 +350,7 @@ class JobRepository:
         if job is None:
             return None
         if job.release_requested and reason in ("failed", "finished", "lost"):
-            reason = "released"
+            reason = self.s.guardian.release_reason(job_id) or "released"  # "idle": the GPU guardian reclaimed it
         if job.release_requested and not detail:
             detail = job.release_detail
         elif job.preempting and reason in ("failed", "finished", "lost", "preempted"):

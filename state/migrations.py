@@ -301,6 +301,52 @@ def m007_group_quotas_and_fair_share(conn: Connection) -> None:
     )
 
 
+def m008_gpu_guardian(conn: Connection) -> None:
+    """The GPU guardian: why devices are out of use (failed GPUs, processes outside the scheduler, NVML failing on a
+    host), idle policies per token or SDA model, each running job's idle bookkeeping, and the notices a job's
+    launcher prints. New tables only: the UNHEALTHY status lives in ``devices.status``."""
+    conn.execute(
+        """
+        CREATE TABLE device_flags (
+            backend_id INTEGER NOT NULL,
+            idx INTEGER,
+            kind VARCHAR NOT NULL,
+            cause VARCHAR NOT NULL,
+            pid INTEGER,
+            user_name VARCHAR,
+            memory_mib BIGINT,
+            job_id BIGINT,
+            device_job BIGINT,
+            since TIMESTAMP NOT NULL,
+            seen_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE idle_policies (
+            scope VARCHAR NOT NULL,
+            target VARCHAR NOT NULL,
+            util_percent DOUBLE NOT NULL,
+            memory_mib DOUBLE NOT NULL,
+            window_s DOUBLE NOT NULL,
+            grace_s DOUBLE NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (scope, target)
+        );
+        CREATE TABLE job_idle (
+            job_id BIGINT PRIMARY KEY,
+            idle_since DOUBLE,
+            warned BOOLEAN NOT NULL DEFAULT FALSE,
+            seconds_left DOUBLE,
+            reclaimed BOOLEAN NOT NULL DEFAULT FALSE,
+            notified_at DOUBLE,
+            checked_at DOUBLE
+        );
+        CREATE SEQUENCE seq_job_notice START 1;
+        CREATE TABLE job_notices (
+            id BIGINT PRIMARY KEY, job_id BIGINT NOT NULL, time TIMESTAMP NOT NULL, text VARCHAR NOT NULL
+        );
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     m001_initial,
     m002_api,
@@ -309,6 +355,7 @@ MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     m005_host_identity,
     m006_time_limits_and_backfill_plan,
     m007_group_quotas_and_fair_share,
+    m008_gpu_guardian,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -22,11 +22,14 @@ def _epoch(value: datetime | None) -> float:
 
 def scheduling_inputs(s: Session) -> tuple[list[BackendState], list[QueuedJob], dict[int, int], set[tuple[int, int]]]:
     """Snapshot what the scheduler needs: backends, the queue, active jobs per SDA, reserved devices."""
+    guarded, failing = s.guardian.scheduler_view()  # the GPU guardian's flags: failed GPUs, foreign processes
     devices: dict[int, list[DeviceState]] = {}
     for backend_id, idx, status in s.all("SELECT backend_id, idx, status FROM devices ORDER BY 1, 2"):
-        devices.setdefault(backend_id, []).append(DeviceState(backend_id, idx, status))
+        devices.setdefault(backend_id, []).append(DeviceState(backend_id, idx, guarded.get((backend_id, idx), status)))
     backends = [
-        BackendState(bid, host, gid, status == "ACTIVE" and not unreachable, tuple(devices.get(bid, ())))
+        BackendState(
+            bid, host, gid, status == "ACTIVE" and not unreachable and bid not in failing, tuple(devices.get(bid, ()))
+        )
         for bid, host, gid, status, unreachable in s.all(
             "SELECT id, host, group_id, status, unreachable FROM backends ORDER BY id"
         )

@@ -10,6 +10,7 @@ from state.events import EventLog
 if TYPE_CHECKING:
     from state.backends import BackendGroupRepository, BackendRepository
     from state.groups import MembershipRepository, ModelGroupRepository, UserGroupRepository
+    from state.guardian import GuardianRepository
     from state.jobs import JobRepository
     from state.limits import TimeLimitRepository
     from state.quotas import FairShareRepository, QuotaRepository
@@ -93,6 +94,13 @@ class Session:
         from state.jobs import JobRepository
 
         return JobRepository(self)
+
+    @cached_property
+    def guardian(self) -> GuardianRepository:
+        """The GPU guardian: device flags, idle policies, jobs' idle bookkeeping and launcher notices."""
+        from state.guardian import GuardianRepository
+
+        return GuardianRepository(self)
 
     @cached_property
     def versions(self) -> VersionRepository:

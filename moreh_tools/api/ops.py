@@ -31,7 +31,9 @@ MAX_OP_BODY = 1 << 20
 RECHECK_S = 2.0
 #: A launcher's reports about its own job never spend the token's request budget: refusing one would
 #: strand the job (devices held, nobody retrying), and a waiting launcher asks again every ~25 s.
-UNLIMITED_OPS = frozenset({"job_wait", "job_started", "job_cleaning", "job_finish", "job_abandoned"})
+UNLIMITED_OPS = frozenset(
+    {"job_wait", "job_started", "job_cleaning", "job_finish", "job_abandoned", "job_check_devices"}
+)
 _STATUS = {
     errors.BadRequestError: 400,
     errors.UnknownTokenError: 401,

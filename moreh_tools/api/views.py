@@ -32,6 +32,7 @@ END_STATUS = {
     "released": "Canceled",
     "timeout": "Timeout",
     "preempted": "Preempted",
+    "idle": "Canceled",
 }
 
 

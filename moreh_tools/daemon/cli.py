@@ -30,6 +30,7 @@ from moreh_tools import __version__
 
 if TYPE_CHECKING:
     from moreh_tools.gpus.base import GpuProvider
+    from scheduler_core.gpu_health import ForeignPolicy
 
 PROG = "sdamanager"
 DAEMON_PID_FILE = "sdamanager.pid"
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.05 <= ns.interval <= 3600:
             raise _UsageError(f"interval {ns.interval:g} is out of range: use 0.05 to 3600 seconds")
         address = _api_address(ns.api, ns.once)
+        policy = _foreign_policy()
     except _UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         if address is None and master_address() is not None:  # a host of a remote master: report, not schedule
-            return _serve_host(home, ns.interval, ns.once)
-        return _serve_state(home, ns.interval, ns.once, address)
+            return _serve_host(home, ns.interval, ns.once, policy)
+        return _serve_state(home, ns.interval, ns.once, address, policy)
     finally:
         lock.release()
 
@@ -192,6 +194,17 @@ def _warn_if_exposed(address: tuple[str, int] | None) -> None:
         )
 
 
+def _foreign_policy() -> ForeignPolicy:
+    """``MOREH_FOREIGN_POLICY`` / ``MOREH_FOREIGN_GRACE`` (a usage error in one line when malformed)."""
+    from moreh_tools.daemon.guardian import policy_from_env
+    from scheduler_core.gpu_health import PolicyError
+
+    try:
+        return policy_from_env()
+    except PolicyError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 def _provider() -> GpuProvider | None:
     """This host's GPUs (the reason said on stderr when none can be used)."""
     from moreh_tools import gpus
@@ -204,7 +217,9 @@ def _provider() -> GpuProvider | None:
         return None
 
 
-def _serve_state(home: Path, interval: float, once: bool, address: tuple[str, int] | None) -> int:
+def _serve_state(
+    home: Path, interval: float, once: bool, address: tuple[str, int] | None, policy: ForeignPolicy
+) -> int:
     """Own the state: open it once, tick, and serve the tools' socket (and the REST API with ``--api``)."""
     from moreh_tools.api.server import AddressError
     from moreh_tools.daemon.state_daemon import StateDaemon
@@ -214,7 +229,7 @@ def _serve_state(home: Path, interval: float, once: bool, address: tuple[str, in
     provider = _provider()
     if provider is None:
         return EXIT_FAILED
-    daemon = StateDaemon(home, provider, interval=interval, address=address, log=_log)
+    daemon = StateDaemon(home, provider, interval=interval, address=address, log=_log, foreign_policy=policy)
     try:
         try:
             daemon.open()
@@ -236,7 +251,7 @@ def _serve_state(home: Path, interval: float, once: bool, address: tuple[str, in
             _log(f"stopped ({signal.Signals(stopper.stopping).name})")
 
 
-def _serve_host(home: Path, interval: float, once: bool) -> int:
+def _serve_host(home: Path, interval: float, once: bool, policy: ForeignPolicy) -> int:
     """A host of a remote master: report this host's GPUs and job processes there every tick."""
     from moreh_tools import identity
     from moreh_tools.daemon.host import HostAgent, MasterSink
@@ -254,7 +269,10 @@ def _serve_host(home: Path, interval: float, once: bool) -> int:
         return EXIT_FAILED
     port = open_port(token, tool=PROG)
     host = identity.host_name()
-    agent = HostAgent(provider, MasterSink(port, host, identity.host_ip(host), identity.machine_id()), home, _log)
+    from moreh_tools.daemon.guardian import HostGuard
+
+    sink = MasterSink(port, host, identity.host_ip(host), identity.machine_id())
+    agent = HostAgent(provider, sink, home, _log, HostGuard(str(home), policy, _log))
     _log(
         f"reporting to the SDA Manager at {port.describe()} (pid {os.getpid()}, host '{host}', "
         f"{provider.description}, every {interval:g} s)"

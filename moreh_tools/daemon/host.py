@@ -14,19 +14,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from moreh_tools.daemon.guardian import HostGuard
     from moreh_tools.gpus.base import GpuProvider
     from moreh_tools.port import Port
     from moreh_tools.services.context import ServiceContext
-    from moreh_tools.services.records import GpuInfo, GpuSample, HostReply, ProcessSample, Release
+    from moreh_tools.services.records import GpuInfo, GpuSample, HostReply, HostWatch, ProcessSample, Release
 
 
 class Sink(Protocol):
     """Where a host's reports go."""
 
     def report(
-        self, gpus: Sequence[GpuInfo], samples: Sequence[GpuSample], processes: Sequence[ProcessSample]
+        self,
+        gpus: Sequence[GpuInfo],
+        samples: Sequence[GpuSample],
+        processes: Sequence[ProcessSample],
+        watch: HostWatch | None = None,
     ) -> HostReply:
-        """Record one report; the answer names this host's jobs to stop."""
+        """Record one report (with what the GPU guardian saw); the answer names this host's jobs to stop."""
         ...
 
 
@@ -39,7 +44,11 @@ class StateSink:
         self.ip = ip
 
     def report(
-        self, gpus: Sequence[GpuInfo], samples: Sequence[GpuSample], processes: Sequence[ProcessSample]
+        self,
+        gpus: Sequence[GpuInfo],
+        samples: Sequence[GpuSample],
+        processes: Sequence[ProcessSample],
+        watch: HostWatch | None = None,
     ) -> HostReply:
         """Record the report in the state."""
         from moreh_tools.services import hosts
@@ -52,6 +61,7 @@ class StateSink:
             gpus=gpus,
             samples=samples,
             processes=processes,
+            watch=watch,
         )
 
 
@@ -66,11 +76,16 @@ class MasterSink:
         self.machine_id = machine_id
 
     def report(
-        self, gpus: Sequence[GpuInfo], samples: Sequence[GpuSample], processes: Sequence[ProcessSample]
+        self,
+        gpus: Sequence[GpuInfo],
+        samples: Sequence[GpuSample],
+        processes: Sequence[ProcessSample],
+        watch: HostWatch | None = None,
     ) -> HostReply:
         """Send the report to the master."""
         from moreh_tools.port import ops
 
+        extra = {"watch": watch} if watch is not None else {}
         return self.port.call(
             ops.HOST_REPORT,
             host=self.host,
@@ -79,29 +94,47 @@ class MasterSink:
             gpus=list(gpus),
             samples=list(samples),
             processes=list(processes),
+            **extra,
         )
 
 
 class HostAgent:
     """Samples this host every tick and reports to a sink; ends released jobs whose launcher did not."""
 
-    def __init__(self, provider: GpuProvider, sink: Sink, home: Path, log: Callable[[str], None]) -> None:
-        """Sample with ``provider`` and report to ``sink``; jobs are those of the state in ``home``."""
+    def __init__(
+        self,
+        provider: GpuProvider,
+        sink: Sink,
+        home: Path,
+        log: Callable[[str], None],
+        guard: HostGuard | None = None,
+    ) -> None:
+        """Sample with ``provider`` and report to ``sink``; jobs are those of the state in ``home``.
+
+        ``guard``: the GPU guardian of this host (health, foreign processes, idle figures); None: not watched.
+        """
         self.provider = provider
         self.sink = sink
         self.home = home
         self.log = log
+        self.guard = guard
         self.backend_id: int | None = None
         self.releases = Releases(home, log)
 
     def tick(self) -> HostReply:
-        """One sample and report."""
+        """One sample and report; then the foreign-process policy on what the master found."""
         from moreh_tools.services.hosts import read_gpus
 
-        gpus, samples, processes = read_gpus(self.provider, str(self.home))
-        reply = self.sink.report(gpus, samples, processes)
+        snapshots = self.provider.snapshot()
+        watch = self.guard.look(self.provider, snapshots) if self.guard is not None else None
+        gpus, samples, processes = read_gpus(self.provider, str(self.home), snapshots)
+        reply = self.sink.report(gpus, samples, processes, watch)
         self.backend_id = reply.backend_id
         self.releases.start(reply.release)
+        for note in reply.notes:
+            self.log(f"GPU guardian: {note}")
+        if self.guard is not None:
+            self.guard.act(reply.foreign)
         return reply
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from moreh_tools.daemon.hub import JobHub
     from moreh_tools.daemon.owner import Owner
     from moreh_tools.gpus.base import GpuProvider
+    from scheduler_core.gpu_health import ForeignPolicy
     from state.store import OwnedStore
 
 
@@ -45,13 +46,18 @@ class StateDaemon:
         interval: float,
         address: tuple[str, int] | None = None,
         log: Callable[[str], None] = print,
+        foreign_policy: ForeignPolicy | None = None,
     ) -> None:
-        """Own ``home``'s state, sample ``provider``, tick every ``interval`` s, serve the API on ``address`` too."""
+        """Own ``home``'s state, sample ``provider``, tick every ``interval`` s, serve the API on ``address`` too.
+
+        ``foreign_policy``: what the GPU guardian does with foreign processes (default: ``warn``).
+        """
         self.home = home
         self.provider = provider
         self.interval = interval
         self.address = address
         self.log = log
+        self.foreign_policy = foreign_policy
         self.store: OwnedStore | None = None
         self.hub: JobHub | None = None
         self.owner: Owner | None = None
@@ -90,7 +96,14 @@ class StateDaemon:
             in_daemon=True,
             daemon_running=True,
         )
-        self.owner = Owner(ctx, HostAgent(self.provider, StateSink(ctx, ip_of(host)), self.home, self.log), self.log)
+        from moreh_tools.daemon.guardian import HostGuard
+        from scheduler_core.gpu_health import ForeignPolicy
+
+        guard = HostGuard(str(self.home), self.foreign_policy or ForeignPolicy(), self.log)
+        agent = HostAgent(self.provider, StateSink(ctx, ip_of(host)), self.home, self.log, guard)
+        self.owner = Owner(ctx, agent, self.log)
+        with self.store.transaction("sdamanager: started") as s:
+            s.guardian.record_tick(self.interval)  # idle windows shorter than a tick are refused
         self.owner.tick()  # registers this host before anyone asks for its devices
         if self.address is not None:
             self.sockets.append(listen(*self.address))

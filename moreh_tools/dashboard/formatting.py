@@ -22,7 +22,16 @@ STATE_STYLES: dict[str, str] = {
     "CLEANING": "white on #8a4fbf",
     "SHUTDOWN": "#9a9a9a on #3a3a3a",
 }
-STATE_SHORT = {"IDLE": "idle", "PREPARING": "prep", "PROCESSING": "busy", "CLEANING": "clean", "SHUTDOWN": "off"}
+STATE_SHORT = {
+    "IDLE": "idle",
+    "PREPARING": "prep",
+    "PROCESSING": "busy",
+    "CLEANING": "clean",
+    "SHUTDOWN": "off",
+    "UNHEALTHY": "sick",
+}
+#: States the legend names only while some GPU is in them: the GPU guardian's (a failed GPU, a foreign process).
+GUARD_STYLES: dict[str, str] = {"UNHEALTHY": "bold white on #b3261e", "FOREIGN": "black on #ff8c00"}
 
 #: Job statuses in the tables.
 JOB_STYLES = {"RUNNING": "bold green", "SUBMITTED": "yellow", "QUEUED": "cyan"}
@@ -34,6 +43,7 @@ END_STYLES = {
     "lost": "magenta",
     "timeout": "red",
     "preempted": "yellow",
+    "idle": "yellow",
 }
 
 

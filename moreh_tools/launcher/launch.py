@@ -103,6 +103,7 @@ class Launch:
                     job = self._wait_for_devices(job, signals)
                     say(READY_INFO)
                     signals.check()
+                job = self._check_devices(job, signals)
             except Cancelled as exc:
                 return self._cancel(job, exc.signum)
             except (StateError, LaunchError):
@@ -200,6 +201,48 @@ class Launch:
                     raise LaunchError(f"job {job.id} left the queue before it got devices: {update.detail or how}.")
         finally:
             signals.interruptible = False
+
+    def _check_devices(self, job: Job, signals: SignalRouter) -> Job:
+        """Before the command starts, have the job's devices checked once more (the GPU guardian).
+
+        A process outside the job on its GPUs (or a GPU that failed meanwhile) sends the job back to the queue with
+        the reason, instead of starting it on a busy GPU; it then waits for devices again.
+        """
+        from moreh_tools.port import ops
+
+        while True:
+            check = self.port.call(ops.JOB_CHECK_DEVICES, job_id=job.id, processes=self._processes_on(job))
+            if check.ok:
+                return job
+            say(f"[warning] Job {job.id} went back to the queue instead of starting: {check.reason}.")
+            job = self._wait_for_devices(job, signals)
+            say(READY_INFO)
+            signals.check()
+
+    def _processes_on(self, job: Job) -> list[object] | None:
+        """The processes on the job's GPUs of this host now; None when the local daemon watches them every tick
+        (its flags are what the check reads: no GPU library loads on the way to the command) or they cannot be read.
+        """
+        from moreh_tools.port import master_address
+
+        indexes = {d.index for d in job.devices if job.backend_id is None or d.backend_id == job.backend_id}
+        if not indexes or (master_address() is None and self.port.daemon_running()):
+            return None
+        from moreh_tools import gpus
+        from moreh_tools.gpus.base import GpuUnavailableError
+        from moreh_tools.gpus.watch import processes_on
+
+        try:
+            provider = gpus.get_provider()
+        except GpuUnavailableError:
+            return None
+        try:
+            snapshots = provider.snapshot()
+        finally:
+            provider.close()
+        if not snapshots:  # NVML fails: that says nothing about the processes
+            return None
+        return list(processes_on(snapshots, str(self.home), indexes=indexes))
 
     def _cancel(self, job: Job, signum: int) -> int:
         """Take the job out of the queue (it never ran) after a signal; exit 128 + the signal."""

@@ -1,10 +1,12 @@
 """While the job's command runs, hear what happens to the job elsewhere and act on it here.
 
 Someone asking the job to stop (an admin's ``release``, the user's ``moreh-smi -r``, the dashboard's
-``x``) reaches the launcher at once (a long poll through the daemon or the master, or the job's FIFO
-without a daemon). The launcher then stops its own command (SIGTERM to its process group, SIGKILL
-after ``MOREH_RELEASE_GRACE``), so a release works even where the releaser may not signal the user's
-processes, and the user reads one line saying who stopped the job.
+``x``, the GPU guardian reclaiming an idle job) reaches the launcher at once (a long poll through the
+daemon or the master, or the job's FIFO without a daemon). The launcher then stops its own command
+(SIGTERM to its process group, SIGKILL after ``MOREH_RELEASE_GRACE``), so a release works even where
+the releaser may not signal the user's processes, and the user reads one line saying who stopped the
+job. The GPU guardian's notices (the job's GPU failed, a foreign process uses it, the job is idle and
+how long is left before its devices are reclaimed) are printed on stderr as they come.
 
 The same way the launcher enforces its job's time limit (a timer: at the limit, SIGTERM, then SIGKILL
 after ``MOREH_RELEASE_GRACE``; the job ends as ``timeout``) and hears a preemption (a scheduling pass
@@ -77,10 +79,11 @@ class Watcher:
 
     def _watch(self) -> None:
         from moreh_tools.port import open_port, ops
+        from moreh_tools.runtime import say
         from state.errors import StateError
 
         port = open_port(self.token, tool="moreh-run")
-        seen = "running"
+        seen = "running#0"  # with the GPU guardian's notices (an unhealthy GPU, a foreign process, idleness)
         try:
             while not self._closing.is_set():
                 try:
@@ -91,7 +94,10 @@ class Watcher:
                     if self._closing.wait(2.0):
                         return
                     continue
-                if update.state == "release":
+                if update.state == "notice":
+                    say(update.detail)
+                    seen = f"running#{update.reason}"
+                elif update.state == "release":
                     seen = "release"
                     self.stop_command(update.detail or "it was released")
                 elif update.state == "preempt":

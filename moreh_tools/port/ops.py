@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         Access,
         Added,
         ConsoleResult,
+        DeviceCheck,
         HostReply,
         JobUpdate,
         ModelOption,
@@ -93,6 +94,9 @@ JOB_STARTED: Op[bool] = Op("job_started", "moreh_tools.services.jobs:started", "
 JOB_CLEANING: Op[None] = Op("job_cleaning", "moreh_tools.services.jobs:cleaning", "None")
 JOB_FINISH: Op[None] = Op("job_finish", "moreh_tools.services.jobs:finish", "None")
 JOB_ABANDONED: Op[int | None] = Op("job_abandoned", "moreh_tools.services.jobs:abandoned", "int | None")
+JOB_CHECK_DEVICES: Op[DeviceCheck] = Op(
+    "job_check_devices", "moreh_tools.services.guardian:check_devices", "DeviceCheck", idempotent=False
+)
 JOB_RELEASE: Op[list[int]] = Op("job_release", "moreh_tools.services.jobs:release", "list[int]")
 JOB_RELEASE_MINE: Op[list[int]] = Op("job_release_mine", "moreh_tools.services.jobs:release_mine", "list[int]")
 JOB_PRIORITY: Op[None] = Op("job_priority", "moreh_tools.services.jobs:set_priority", "None")
@@ -124,6 +128,7 @@ OPS: dict[str, Op[Any]] = {
         JOB_CLEANING,
         JOB_FINISH,
         JOB_ABANDONED,
+        JOB_CHECK_DEVICES,
         JOB_RELEASE,
         JOB_RELEASE_MINE,
         JOB_PRIORITY,

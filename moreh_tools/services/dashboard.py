@@ -149,13 +149,22 @@ def gather_user(s: Session, token: str, label: str) -> UserData:
 def gather_grid(s: Session) -> tuple[GridBackend, ...]:
     """Every backend and its GPUs with their scheduling status and last samples."""
     backends, devices = views.grid(s)
+    flagged: dict[tuple[int, int | None], list[str]] = {}
+    if not s.guardian.quiet():  # the GPU guardian's causes: UNHEALTHY GPUs, foreign processes, NVML failing
+        for flag in s.guardian.flags():
+            flagged.setdefault((flag.backend_id, flag.index), []).append(flag.cause)
     by_backend: dict[int, list[GridDevice]] = {}
     for d in devices:
         by_backend.setdefault(d.backend_id, []).append(
             GridDevice(d.idx, d.status, d.memory_used_mib, d.memory_total_mib, d.util_gpu, d.job_id,
-                       d.name == SIMULATED_GPU_NAME)
+                       d.name == SIMULATED_GPU_NAME, "; ".join(flagged.get((d.backend_id, d.idx), ())))
         )
-    return tuple(GridBackend(b.id, b.host, b.status, b.group, tuple(by_backend.get(b.id, ()))) for b in backends)
+    return tuple(
+        GridBackend(
+            b.id, b.host, b.status, b.group, tuple(by_backend.get(b.id, ())), "; ".join(flagged.get((b.id, None), ()))
+        )
+        for b in backends
+    )
 
 
 def gather_jobs(s: Session) -> tuple[tuple[JobRow, ...], tuple[JobRow, ...]]:

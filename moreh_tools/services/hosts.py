@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from moreh_tools.services.caller import require_host
-from moreh_tools.services.records import GpuInfo, GpuSample, HostReply, ProcessSample, Release
+from moreh_tools.services.records import GpuInfo, GpuSample, HostReply, HostWatch, ProcessSample, Release
 from state.errors import NotFoundError
 from state.records import Device
 
 if TYPE_CHECKING:
-    from moreh_tools.gpus.base import GpuProvider
+    from moreh_tools.gpus.base import GpuProvider, GpuSnapshot
     from moreh_tools.services.context import ServiceContext
     from state.session import Session
 
@@ -124,21 +124,30 @@ def report(
     gpus: Sequence[GpuInfo],
     samples: Sequence[GpuSample],
     processes: Sequence[ProcessSample],
+    watch: HostWatch | None = None,
 ) -> HostReply:
     """A host's daemon reports its GPUs and its jobs' processes (registering the host the first time).
 
     HOST or ADMIN tokens only: the figures are what every user sees. The answer names the host's jobs
-    that someone asked to stop, for the daemon to end when their launcher cannot.
+    that someone asked to stop, for the daemon to end when their launcher cannot. ``watch`` (a daemon's GPU
+    guardian: health events and every GPU process) is judged too (:func:`moreh_tools.services.guardian.observe`);
+    the answer then names the foreign processes on the host's GPUs.
     """
+    from moreh_tools.services import guardian
+
     require_host(ctx.caller, "Reporting a host's GPUs")
+    seen = guardian.Observed()
     with ctx.write(f"sample gpus {host}") as s:
         backend_id = find_host(s, machine_id, host)
         devices = s.backends.devices_of(backend_id) if backend_id is not None else {}
         if backend_id is None or sum(uuid is not None for uuid in devices.values()) < len(gpus):
             backend_id = register_in(s, host=host, ip=ip, machine_id=machine_id, gpus=gpus)
             devices = s.backends.devices_of(backend_id)
+        if watch is not None:  # first: a job reclaimed now is among the releases below
+            seen = guardian.observe(s, backend_id, samples, watch)
         releases = record_in(s, backend_id, samples, processes, set(devices))
-    return HostReply(backend_id, releases)
+    ctx.wake(seen.woken)
+    return HostReply(backend_id, releases, seen.foreign, tuple(seen.notes))
 
 
 def this_backend(ctx: ServiceContext) -> int:
@@ -191,11 +200,14 @@ def register_with(ctx: ServiceContext, provider: GpuProvider) -> int:
     return register_host(ctx, host=ctx.host, ip=host_address(ctx.host), machine_id=ctx.machine_id, gpus=gpus)
 
 
-def read_gpus(provider: GpuProvider, home: str) -> tuple[list[GpuInfo], list[GpuSample], list[ProcessSample]]:
-    """One pass over the provider: the GPUs (for registration), their figures, and the jobs' processes on them."""
+def read_gpus(
+    provider: GpuProvider, home: str, snapshots: Sequence[GpuSnapshot] | None = None
+) -> tuple[list[GpuInfo], list[GpuSample], list[ProcessSample]]:
+    """One pass over the provider (or ``snapshots`` already taken): the GPUs (for registration), their figures, and
+    the jobs' processes on them."""
     from moreh_tools.gpus.local import job_processes_on_gpus
 
-    snapshots = sorted(provider.snapshot(), key=lambda snap: snap.index)
+    snapshots = sorted(provider.snapshot() if snapshots is None else snapshots, key=lambda snap: snap.index)
     gpus = [GpuInfo(snap.uuid, snap.name, snap.memory_total_mib) for snap in snapshots]
     samples = [
         GpuSample(snap.index, snap.memory_total_mib, snap.memory_used_mib, snap.util_gpu, snap.util_mem,

@@ -208,7 +208,8 @@ def owned_job(s: Session, caller: Caller, job_id: int) -> tuple[Job | None, bool
 
 
 def job_update(s: Session, caller: Caller, job_id: int, seen: str) -> JobUpdate | None:
-    """What changed for a launcher that last saw its job ``seen`` (``queued`` or ``running``); None: nothing."""
+    """What changed for a launcher that last saw its job ``seen`` (``queued``, ``running``, ``running#<notice id>``
+    or ``release``); None: nothing."""
     job, _ = owned_job(s, caller, job_id)
     if job is None:
         ended = s.jobs.history_entry(job_id)
@@ -224,7 +225,9 @@ def job_update(s: Session, caller: Caller, job_id: int, seen: str) -> JobUpdate 
     if job.preempting and seen not in ("release", "preempt"):
         for_job = f"job {job.preempted_for}" if job.preempted_for is not None else "another job"
         return JobUpdate("preempt", job, detail=f"its borrowed devices went back to {for_job}'s user group")
-    return None
+    from moreh_tools.services.guardian import notice_update  # the GPU guardian's lines for the launcher
+
+    return notice_update(s, job_id, seen)
 
 
 def wait(ctx: ServiceContext, *, job_id: int, timeout: float, seen: str = "queued") -> JobUpdate:

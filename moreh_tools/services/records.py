@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from state.records import Event, GroupQuota, Job, QuotaRequest
+from state.records import DeviceFlag, Event, GroupQuota, Job, QuotaRequest
 
 if TYPE_CHECKING:
     from state.records import SDA
@@ -111,6 +111,17 @@ class WaitingJob:
 
 
 @dataclass(frozen=True)
+class IdleStatus:
+    """A running job that its idle policy finds idle: for how long, and how long until its devices are reclaimed."""
+
+    device: int
+    job_id: int
+    idle_s: float
+    seconds_left: float
+    window_s: float
+
+
+@dataclass(frozen=True)
 class DeviceStatus:
     """One of the token's SDAs (a "device" to the user) and what it is doing."""
 
@@ -171,6 +182,10 @@ class SmiStatus:
     devices: tuple[DeviceStatus, ...]
     processes: tuple[ProcessStatus, ...]
     waiting: tuple[WaitingJob, ...]
+    #: The GPU guardian's flags on the GPUs behind the token's devices and on the hosts its jobs wait for.
+    flags: tuple[DeviceFlag, ...] = ()
+    #: The token's running jobs that are idle under an idle policy, with the time left before the reclaim.
+    idle: tuple[IdleStatus, ...] = ()
 
     def device(self, device_id: int) -> DeviceStatus | None:
         """The device with this id, if the token has it."""
@@ -187,6 +202,8 @@ class SmiStatus:
             tuple(d for d in self.devices if d.id == device_id),
             tuple(p for p in self.processes if p.device == device_id),
             tuple(w for w in self.waiting if w.device == device_id),
+            self.flags,
+            tuple(i for i in self.idle if i.device == device_id),
         )
 
     @property
@@ -392,6 +409,8 @@ class GridDevice:
     util_gpu: int | None
     job_id: int | None
     simulated: bool
+    #: Why the GPU guardian keeps it out of use (UNHEALTHY's cause, a foreign process); "" when nothing.
+    flag: str = ""
 
     @property
     def memory_percent(self) -> int | None:
@@ -408,6 +427,8 @@ class GridBackend:
     status: str
     group: str
     devices: tuple[GridDevice, ...]
+    #: Why none of its GPUs is handed out (NVML fails on the host); "" when nothing.
+    failure: str = ""
 
     @property
     def simulated(self) -> bool:
@@ -510,10 +531,11 @@ class JobUpdate:
     ``state``: ``queued`` (still waiting), ``allocated`` (devices given; ``job`` has them), ``running``
     (no change while it runs), ``release`` (someone asked the running job to stop; ``detail`` says who),
     ``preempt`` (the scheduler takes the running job's borrowed devices back; ``detail`` says for whom),
-    ``ended`` (it left the queue or ended; ``reason`` is the end reason).
+    ``ended`` (it left the queue or ended; ``reason`` is the end reason), ``notice`` (a line from the GPU
+    guardian for the launcher's stderr in ``detail``; ``reason`` is its id, for the next ``seen="running#<id>"``).
     """
 
-    state: Literal["queued", "allocated", "running", "release", "preempt", "ended"]
+    state: Literal["queued", "allocated", "running", "release", "preempt", "ended", "notice"]
     job: Job | None = None
     reason: str = ""
     detail: str = ""
@@ -529,11 +551,78 @@ class Release:
 
 
 @dataclass(frozen=True)
+class ForeignProcess:
+    """A process on a host's GPU that no job holding that GPU accounts for, as the master found it.
+
+    ``kind``: ``foreign`` (no job's) or ``escaped`` (job ``job_id``'s, on a GPU it was not given);
+    ``device_job``: the job holding the GPU (None: free); ``cause``: one line for logs and users.
+    """
+
+    index: int
+    pid: int
+    user: str | None
+    uid: int | None
+    memory_mib: int
+    kind: str
+    job_id: int | None
+    device_job: int | None
+    cause: str
+
+
+@dataclass(frozen=True)
 class HostReply:
-    """The master's answer to a host's report: the host's jobs to stop."""
+    """The master's answer to a host's report: the host's jobs to stop, and the foreign processes on its GPUs."""
 
     backend_id: int
     release: tuple[Release, ...] = ()
+    foreign: tuple[ForeignProcess, ...] = ()
+    notes: tuple[str, ...] = ()  # what the GPU guardian changed, for the host's daemon log
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """One GPU health event as a host reports it (``device`` None: the whole host; see ``GpuHealthEvent``)."""
+
+    device: int | None
+    kind: str
+    code: int | None
+    cause: str
+
+
+@dataclass(frozen=True)
+class GpuProcessSample:
+    """One process on one GPU, with the job it belongs to as far as its host can tell.
+
+    ``job_id``: the ``MOREH_JOB_ID`` of this state that the process or an ancestor carries (None: none readable);
+    ``ancestors``: its parent, grandparent, ... pids (the master matches them against jobs' command pids).
+    """
+
+    index: int
+    pid: int
+    memory_mib: int
+    user: str | None = None
+    uid: int | None = None
+    job_id: int | None = None
+    ancestors: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostWatch:
+    """What a host's GPU guardian saw in one tick: health events, and every process on its GPUs.
+
+    ``processes`` is None when they could not be listed (NVML failing): that says nothing about them.
+    """
+
+    health: tuple[HealthSample, ...] = ()
+    processes: tuple[GpuProcessSample, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """The answer to a launcher about to start its job: ``ok``, or why the job went back to the queue."""
+
+    ok: bool
+    reason: str = ""
 
 
 

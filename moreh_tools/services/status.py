@@ -90,6 +90,14 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
     )
     active = [j for j in jobs if j.status in _ACTIVE]
     queued = [j for j in jobs if j.status == "QUEUED"]
+    from moreh_tools.services.guardian import token_guard
+
+    flags, idle = token_guard(
+        s,
+        token,
+        [(g.backend_id, g.index) for device in devices for g in device.gpus],
+        [(j.sda_id, j.id) for j in active if j.status == "RUNNING"],
+    )
     status = SmiStatus(
         token=token,
         # The worker version a job of this token runs with: the admin's latest (moreh-tools' own version while no
@@ -102,6 +110,8 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
         devices=devices,
         processes=tuple(_processes(s, active)),
         waiting=tuple(_waiting(s, queued)),
+        flags=flags,
+        idle=idle,
     )
     return status, jobs
 

@@ -14,6 +14,7 @@ def load_commands() -> dict[str, Command]:
     from moreh_tools.smclient.commands import (  # noqa: F401
         backends,
         groups,
+        guardian,
         jobs,
         quotas,
         sdas,

@@ -36,10 +36,12 @@ class Table:
     columns: Sequence[Column]
     rows: Sequence[Sequence[str]]
     records: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]]
+    notes: Sequence[str] = field(default=(), kw_only=True)  # lines under the grid (only when there is something to say)
 
     def as_text(self) -> str:
-        """The grid."""
-        return render_grid(self.columns, self.rows)
+        """The grid (and its notes)."""
+        grid = render_grid(self.columns, self.rows)
+        return "\n".join([grid, *self.notes]) if self.notes else grid
 
     def as_json(self) -> Any:
         """The records."""

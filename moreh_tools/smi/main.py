@@ -262,8 +262,13 @@ def _show(port: Port, token: str, *, idx: str | None, tokens: bool, hardware: bo
         if device is None:
             raise ToolError("This token has no current device; add one with 'moreh-smi device --add'.")
         if as_json:
-            return _print_json({"device": device.id, "gpus": status.only(device.id).to_dict()["devices"][0]["gpus"]})
-        print(render.gpu_table(device))
+            from dataclasses import asdict
+
+            behind = {(g.backend_id, g.index) for g in device.gpus}
+            flags = [asdict(f) for f in status.flags if (f.backend_id, f.index) in behind]
+            gpus = status.only(device.id).to_dict()["devices"][0]["gpus"]
+            return _print_json({"device": device.id, "gpus": gpus, "guardian": flags})
+        print(render.gpu_table(device, status.flags))
         return EXIT_OK
     if as_json:
         data = status.to_dict()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from moreh_tools.grid import Column, render_grid
 from moreh_tools.services.records import DeviceStatus, SmiStatus
+
+if TYPE_CHECKING:
+    from state.records import DeviceFlag
 
 NONE = "-"
 
@@ -126,6 +130,38 @@ def simulated_note() -> str:
     return "Note: the GPU figures come from simulated GPUs (MOREH_FAKE_GPUS or no NVIDIA GPU found)."
 
 
+def _short(seconds: float) -> str:
+    total = max(round(seconds), 0)
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60:02d} s"
+    return f"{total // 3600} h {total % 3600 // 60:02d} min"
+
+
+def flag_line(flag: DeviceFlag) -> str:
+    """One GPU guardian flag: ``GPU h:3 is UNHEALTHY since 12:00:01: Xid 79: ...``."""
+    since = flag.since.strftime("%Y-%m-%d %H:%M:%S")
+    if flag.index is None:
+        return f"  host {flag.host}: no GPU is handed out since {since}: {flag.cause}"
+    if flag.kind == "unhealthy":
+        return f"  GPU {flag.location} is UNHEALTHY since {since}: {flag.cause}"
+    return f"  GPU {flag.location} is not handed out since {since}: {flag.cause}"
+
+
+def guardian_lines(status: SmiStatus) -> list[str]:
+    """What the GPU guardian has to say about the token: idle jobs with the time left, flagged GPUs and hosts."""
+    lines: list[str] = []
+    for idle in status.idle:
+        lines.append(
+            f"Idle: job {idle.job_id} on device {idle.device} has been idle for {_short(idle.idle_s)}; its devices are "
+            f"reclaimed in {_short(idle.seconds_left)} unless it uses them."
+        )
+    if status.flags:
+        lines += ["GPU guardian:", *(flag_line(f) for f in status.flags)]
+    return lines
+
+
 def status_text(status: SmiStatus) -> str:
     """``moreh-smi`` (and ``-i``): the main table, then processes and waiting jobs when there are any."""
     parts = [status_table(status)]
@@ -133,6 +169,9 @@ def status_text(status: SmiStatus) -> str:
         parts += ["", "Processes:", processes_table(status)]
     if status.waiting:
         parts += ["", "Waiting jobs:", waiting_table(status)]
+    guard = guardian_lines(status)
+    if guard:
+        parts += ["", *guard]
     if not status.devices:
         parts.append("This token has no device yet; add one with 'moreh-smi device --add'.")
     if status.simulated:
@@ -151,8 +190,8 @@ def token_table(status: SmiStatus) -> str:
     return render_grid(TOKEN_COLUMNS, rows)
 
 
-def gpu_table(device: DeviceStatus) -> str:
-    """``moreh-smi -p``: the physical GPUs behind one device."""
+def gpu_table(device: DeviceStatus, flags: Sequence[DeviceFlag] = ()) -> str:
+    """``moreh-smi -p``: the physical GPUs behind one device (and what the GPU guardian says of them, if anything)."""
     rows = [
         [
             str(number),
@@ -166,6 +205,11 @@ def gpu_table(device: DeviceStatus) -> str:
         for number, gpu in enumerate(device.gpus)
     ]
     text = render_grid(GPU_COLUMNS, rows)
+    behind = {(gpu.backend_id, gpu.index) for gpu in device.gpus}
+    hosts = {b for b, _ in behind}
+    mine = [f for f in flags if (f.backend_id, f.index) in behind or (f.index is None and f.backend_id in hosts)]
+    if mine:
+        text += "\n" + "\n".join(["GPU guardian:", *(flag_line(f) for f in mine)])
     if not device.gpus:
         text += f"\nDevice {device.id} holds no GPU now: a device gets its GPUs while a job runs on it."
     elif device.simulated:

@@ -13,4 +13,5 @@ ROUTER_MODULES = (
     "moreh_tools.api.routes.usage",
     "moreh_tools.api.routes.log",
     "moreh_tools.api.routes.quota",
+    "moreh_tools.api.routes.guardian",
 )

@@ -28,11 +28,12 @@ HISTORY_STATUSES = {
     "finished": ("finished",),
     "failed": ("failed", "lost"),
     "lost": ("lost",),
-    "canceled": ("released",),
-    "cancelled": ("released",),
+    "canceled": ("released", "idle"),
+    "cancelled": ("released", "idle"),
     "released": ("released",),
     "timeout": ("timeout",),
     "preempted": ("preempted",),
+    "idle": ("idle",),
 }
 QUEUE_STATUSES = {"running": ("SUBMITTED", "RUNNING"), "waiting": ("QUEUED",)}
 

@@ -15,14 +15,37 @@ from moreh_tools.services.records import GridBackend, GridDevice
 CELL_WIDTH = 7  # " 93·41 ": utilisation · memory, in percent
 
 
+def shown_state(device: GridDevice) -> str:
+    """The state a cell is coloured by: the device's status, or FOREIGN while a foreign process uses it."""
+    return "FOREIGN" if device.flag and device.status != "UNHEALTHY" else device.status
+
+
 def legend(backends: Sequence[GridBackend]) -> Text:
-    """The colour key, each state with how many GPUs are in it."""
-    counts = Counter(d.status for b in backends for d in b.devices)
+    """The colour key, each state with how many GPUs are in it (the guardian's states only when present)."""
+    counts = Counter(shown_state(d) for b in backends for d in b.devices)
     text = Text()
     for state, style in fmt.STATE_STYLES.items():
         text.append(f" {state.lower()} {counts[state]} ", style=style)
         text.append(" ")
+    for state, style in fmt.GUARD_STYLES.items():
+        if counts[state]:
+            text.append(f" {state.lower()} {counts[state]} ", style=style)
+            text.append(" ")
     return text
+
+
+def guard_lines(backends: Sequence[GridBackend]) -> list[Text]:
+    """One line per backend or GPU the GPU guardian keeps out of use, with why (none when all is well)."""
+    lines = []
+    for backend in backends:
+        if backend.failure:
+            lines.append(Text(f"{backend.id} {backend.host}: no GPU handed out: {backend.failure}", style="bold red"))
+        for device in backend.devices:
+            if device.flag:
+                style = "red" if device.status == "UNHEALTHY" else "dark_orange"
+                where = f"{backend.id} {backend.host}:{device.index}"
+                lines.append(Text(f"{where} {shown_state(device).lower()}: {device.flag}", style=style))
+    return lines
 
 
 def summary(backends: Sequence[GridBackend]) -> str:
@@ -35,9 +58,10 @@ def summary(backends: Sequence[GridBackend]) -> str:
 
 def cell(device: GridDevice) -> Text:
     """One GPU: ``util·mem`` on its state's colour; the state's short name when it was never sampled."""
-    style = fmt.STATE_STYLES.get(device.status, "")
+    state = shown_state(device)
+    style = fmt.STATE_STYLES.get(state) or fmt.GUARD_STYLES.get(state, "")
     if device.util_gpu is None and device.memory_percent is None:
-        body = fmt.STATE_SHORT.get(device.status, device.status.lower())[:CELL_WIDTH].center(CELL_WIDTH)
+        body = fmt.STATE_SHORT.get(state, state.lower())[:CELL_WIDTH].center(CELL_WIDTH)
     else:
         util = fmt.NONE if device.util_gpu is None else str(device.util_gpu)
         memory = fmt.NONE if device.memory_percent is None else str(device.memory_percent)
@@ -77,7 +101,8 @@ class BackendGrid(Widget):
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         """A legend line, then each backend's lines."""
         per_line = self._per_line(width)
-        return 1 + sum(max(-(-len(b.devices) // per_line), 1) for b in self.backends)
+        rows = sum(max(-(-len(b.devices) // per_line), 1) for b in self.backends)
+        return 1 + rows + len(guard_lines(self.backends))
 
     def render(self) -> Text:
         """The legend, then one or more lines per backend."""
@@ -100,6 +125,9 @@ class BackendGrid(Widget):
                     line.append("no GPU registered", style="dim")
                 line.truncate(width)
                 lines.append(line)
+        for line in guard_lines(self.backends):
+            line.truncate(width)
+            lines.append(line)
         return Text("\n").join(lines)
 
     @staticmethod

@@ -2,34 +2,85 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from moreh_tools.grid import Column
 from moreh_tools.smclient.args import is_null, to_bool, to_int, to_int_list
 from moreh_tools.smclient.output import Message, Output, Table
 from moreh_tools.smclient.registry import Context, command
-from state.records import BACKEND_STATUSES, DEVICE_STATUSES, Backend, BackendGroup
+from state.records import BACKEND_STATUSES, DEVICE_STATUSES, Backend, BackendGroup, DeviceFlag
 
 _STATUS_WIDTH = max(map(len, DEVICE_STATUSES))
 _BACKEND_STATUS_WIDTH = max(map(len, BACKEND_STATUSES))
 DEFAULT_GROUP_ID = 0
 
 
-def backend_record(b: Backend) -> dict[str, object]:
-    """A backend as a JSON object."""
-    return {
+def backend_record(b: Backend, flags: Sequence[DeviceFlag] = ()) -> dict[str, object]:
+    """A backend as a JSON object. The GPU guardian's ``flags`` add, only where there are any, a device's ``flags``
+    and the backend's ``gpu_failure`` (NVML failing on the host: none of its devices is handed out)."""
+    mine = [f for f in flags if f.backend_id == b.id]
+    record: dict[str, object] = {
         "id": b.id,
         "name": b.host,
         "ip": b.ip,
         "group": {"id": b.group_id, "name": b.group_name},
         "status": b.status,
-        "devices": [{"index": d.index, "status": d.status} for d in b.devices],
+        "devices": [_device_record(d.index, d.status, mine) for d in b.devices],
+    }
+    failure = next((f.cause for f in mine if f.index is None), None)
+    if failure is not None:
+        record["gpu_failure"] = failure
+    return record
+
+
+def _device_record(index: int, status: str, flags: Sequence[DeviceFlag]) -> dict[str, object]:
+    record: dict[str, object] = {"index": index, "status": status}
+    mine = [flag_record(f) for f in flags if f.index == index]
+    if mine:
+        record["flags"] = mine
+    return record
+
+
+def flag_record(f: DeviceFlag) -> dict[str, object]:
+    """One guardian flag as a JSON object."""
+    return {
+        "kind": f.kind,
+        "cause": f.cause,
+        "since": f.since.isoformat(sep=" ", timespec="seconds"),
+        "pid": f.pid,
+        "user": f.user,
+        "memory_mib": f.memory_mib,
+        "job": f.job_id,
+        "device_job": f.device_job,
     }
 
 
-def backend_table(backends: list[Backend]) -> Table:
+def flag_note(f: DeviceFlag) -> str:
+    """One line under a table about a flag: where, what it does to the device, since when, why."""
+    since = f.since.strftime("%Y-%m-%d %H:%M:%S")
+    if f.index is None:
+        return f"  backend {f.backend_id} ({f.host}): no device is handed out since {since}: {f.cause}"
+    if f.kind == "unhealthy":
+        return (
+            f"  backend {f.backend_id} device {f.index}: UNHEALTHY since {since}: {f.cause} "
+            f"(clear with 'update device {f.backend_id} {f.index} IDLE')"
+        )
+    return f"  backend {f.backend_id} device {f.index}: not handed out since {since}: {f.cause}"
+
+
+def flag_notes(flags: Sequence[DeviceFlag]) -> list[str]:
+    """The lines the backend tables print under the grid when the GPU guardian keeps devices out of use."""
+    return ["GPU guardian:", *(flag_note(f) for f in flags)] if flags else []
+
+
+def backend_table(backends: list[Backend], flags: Sequence[DeviceFlag] = ()) -> Table:
     """The seed's ``show backend`` table: devices two per row as ``index | status`` pairs.
 
-    The Group column stays blank for the default group, as in the seed, and names any other group.
+    The Group column stays blank for the default group, as in the seed, and names any other group. The GPU
+    guardian's flags on the backends shown (``flags``) are listed under the grid, only when there are any.
     """
+    shown = {b.id for b in backends}
+    flags = [f for f in flags if f.backend_id in shown]
     index_width = max((len(str(d.index)) for b in backends for d in b.devices), default=1)
 
     def pair(device_index: int | None, status: str) -> str:
@@ -57,7 +108,7 @@ def backend_table(backends: list[Backend]) -> Table:
         Column("Device"),
         Column("Device"),
     ]
-    return Table(columns, rows, lambda: [backend_record(b) for b in backends])
+    return Table(columns, rows, lambda: [backend_record(b, flags) for b in backends], notes=flag_notes(flags))
 
 
 def backendgroup_table(groups: list[BackendGroup]) -> Table:
@@ -94,38 +145,38 @@ def delete_backend(ctx: Context, args: list[str]) -> Output:
 @command("show backend", "Print list of Backend")
 def show_backend(ctx: Context, args: list[str]) -> Output:
     with ctx.read() as s:
-        return backend_table(s.backends.all("id"))
+        return backend_table(s.backends.all("id"), s.guardian.flags())
 
 
 @command("show backend group", "Print list of backend sorted by group and node name")
 def show_backend_group(ctx: Context, args: list[str]) -> Output:
     with ctx.read() as s:
-        return backend_table(s.backends.all("group"))
+        return backend_table(s.backends.all("group"), s.guardian.flags())
 
 
 @command("show backend name", "Print list of backend sorted by node name")
 def show_backend_name(ctx: Context, args: list[str]) -> Output:
     with ctx.read() as s:
-        return backend_table(s.backends.all("name"))
+        return backend_table(s.backends.all("name"), s.guardian.flags())
 
 
 @command("get backend beid", "print backend by beckend id", "get backend beid {backend id}")
 def get_backend_beid(ctx: Context, args: list[str]) -> Output:
     backend_id = to_int(args[0], "backend id")
     with ctx.read() as s:
-        return backend_table([s.backends.get(backend_id)])
+        return backend_table([s.backends.get(backend_id)], s.guardian.flags())
 
 
 @command("get backend group", "print backend by beckend group", "get backend group {backend group}")
 def get_backend_group(ctx: Context, args: list[str]) -> Output:
     with ctx.read() as s:
-        return backend_table(s.backends.by_group(args[0]))
+        return backend_table(s.backends.by_group(args[0]), s.guardian.flags())
 
 
 @command("get backend name", "print backend by beckend name", "get backend name {backend name}")
 def get_backend_name(ctx: Context, args: list[str]) -> Output:
     with ctx.read() as s:
-        return backend_table(s.backends.by_name(args[0]))
+        return backend_table(s.backends.by_name(args[0]), s.guardian.flags())
 
 
 @command("update backend host", "Update Backend Host name", "update backend host {backend id} {host name}")
