@@ -245,12 +245,18 @@ def m005_host_identity(conn: Connection) -> None:
     conn.execute("UPDATE jobs SET backend_id = b.id FROM backends b WHERE b.host = jobs.host")
 
 
+def m006_job_containment(conn: Connection) -> None:
+    """How each job's processes are contained (cgroups, or the process-group fallback), as its launcher said."""
+    conn.execute("CREATE TABLE job_containment (job_id INTEGER PRIMARY KEY, description VARCHAR NOT NULL)")
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     m001_initial,
     m002_api,
     m003_model_descriptions,
     m004_event_origin,
     m005_host_identity,
+    m006_job_containment,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

@@ -222,7 +222,8 @@ def _show(port: Port, token: str, *, idx: str | None, tokens: bool, hardware: bo
         if device is None:
             raise ToolError("This token has no current device; add one with 'moreh-smi device --add'.")
         if as_json:
-            return _print_json({"device": device.id, "gpus": status.only(device.id).to_dict()["devices"][0]["gpus"]})
+            gpus = status.only(device.id).to_dict()["devices"][0]["gpus"]
+            return _print_json({"device": device.id, "gpus": gpus, "containment": device.containment})
         print(render.gpu_table(device))
         return EXIT_OK
     if as_json:

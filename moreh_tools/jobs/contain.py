@@ -1,0 +1,95 @@
+"""Job containment as the launcher, the guardian, release and the daemon use it (cgroups: :mod:`.containment`).
+
+Each state gets its own parent group, ``moreh/s-<hash of the state>`` (the state directory, or the remote
+master's address), so two states on one machine (their job ids overlap) never share a job group; a job's
+group is ``<parent>/job-<id>``.
+
+* The launcher makes the job's group with the device restriction before the command exists and starts the
+  command inside it (:func:`create`, then ``with group.entered(): spawn``); where no cgroup is writable
+  (a non-root launcher, most often) the command runs in its own process group with ``MOREH_JOB_ID`` as
+  before, and :func:`create`'s result says so (``describe()``, reported per job to ``moreh-smi -p``).
+* Whoever ends a job's processes (the launcher at its end, the guardian, a release, the daemon for jobs
+  whose launcher died) also kills everything in the job's group, found by its id (:func:`kill_job`):
+  a process that left the session and dropped ``MOREH_JOB_ID`` is still in the group.
+* The daemon's tick removes the groups of jobs that are no longer in the state, killing what is left
+  in them first (:func:`sweep`).
+
+Nothing here raises on a kernel or permission failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+from moreh_tools.jobs.containment import DEFAULT_PARENT, DEFAULT_ROOT, Containment, JobCgroup, nvidia_minors
+
+#: Tests point this at a private parent (``MOREH_CGROUP_PARENT``); the state's hash goes below it.
+PARENT_ENV = "MOREH_CGROUP_PARENT"
+#: ``0`` turns cgroup containment off (the process-group fallback only).
+CONTAIN_ENV = "MOREH_CGROUPS"
+
+
+def state_key(home: Path | str) -> str:
+    """What names the state a job belongs to: the master's address in remote mode, else the state directory."""
+    from moreh_tools.port import master_address
+
+    address = master_address()
+    return f"remote:{address}" if address else f"local:{os.path.realpath(home)}"
+
+
+def parent(home: Path | str) -> str:
+    """The parent group of this state's job groups: ``moreh/s-<12 hex digits>``."""
+    base = os.environ.get(PARENT_ENV, "").strip("/") or DEFAULT_PARENT
+    digest = hashlib.sha256(state_key(home).encode()).hexdigest()[:12]
+    return f"{base}/s-{digest}"
+
+
+def probe(home: Path | str) -> Containment:
+    """What this process can use for the jobs of the state in ``home`` (inactive, with its reason, if nothing)."""
+    if os.environ.get(CONTAIN_ENV, "").strip() == "0":
+        return Containment(DEFAULT_ROOT, parent(home), (), (), f"turned off by {CONTAIN_ENV}=0")
+    return Containment.probe(DEFAULT_ROOT, parent(home))
+
+
+def create(home: Path | str, job_id: int, gpu_indexes: Iterable[int]) -> JobCgroup:
+    """The job's group, made with its GPUs (NVML indexes) as the only NVIDIA devices it may open."""
+    return probe(home).create(job_id, nvidia_minors(gpu_indexes))
+
+
+def kill_job(home: Path | str | None, job_id: int, grace: float) -> int:
+    """Kill every process in job ``job_id``'s group (SIGTERM, ``grace`` s, SIGKILL) and remove the group.
+
+    Returns how many processes were hit; 0 when the job has no group here (or no state is named).
+    """
+    if home is None:
+        return 0
+    found = probe(home).find(job_id)
+    if found is None:
+        return 0
+    hit = found.kill_all(grace)
+    found.remove(timeout=0.5)
+    return hit
+
+
+def pids(home: Path | str, job_id: int) -> set[int]:
+    """The processes in job ``job_id``'s group (empty without one)."""
+    found = probe(home).find(job_id)
+    return found.pids() - {os.getpid()} if found is not None else set()
+
+
+def sweep(home: Path | str, keep: Collection[int], grace: float) -> tuple[list[int], list[int]]:
+    """End and remove the groups of jobs not in ``keep`` (every job the state still holds).
+
+    Returns (jobs whose leftover processes were killed, jobs whose group was removed).
+    """
+    containment = probe(home)
+    killed = []
+    for job_id in sorted(containment.job_ids() - set(keep)):
+        found = containment.find(job_id)
+        if found is not None and found.pids() - {os.getpid()}:
+            found.kill_all(grace)
+            killed.append(job_id)
+    return killed, containment.remove_stale(keep)
