@@ -9,8 +9,9 @@ group is ``<parent>/job-<id>``.
   (a non-root launcher, most often) the command runs in its own process group with ``MOREH_JOB_ID`` as
   before, and :func:`create`'s result says so (``describe()``, reported per job to ``moreh-smi -p``).
 * Whoever ends a job's processes (the launcher at its end, the guardian, a release, the daemon for jobs
-  whose launcher died) also kills everything in the job's group, found by its id (:func:`kill_job`):
-  a process that left the session and dropped ``MOREH_JOB_ID`` is still in the group.
+  whose launcher died) also kills everything in the job's group, found by its id
+  (``processes.end_job_processes``): a process that left the session and dropped ``MOREH_JOB_ID`` is
+  still in the group. The state's parent group goes once its last job group is removed.
 * The daemon's tick removes the groups of jobs that are no longer in the state, killing what is left
   in them first (:func:`sweep`).
 
@@ -19,6 +20,7 @@ Nothing here raises on a kernel or permission failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Collection, Iterable
@@ -55,29 +57,27 @@ def probe(home: Path | str) -> Containment:
 
 
 def create(home: Path | str, job_id: int, gpu_indexes: Iterable[int]) -> JobCgroup:
-    """The job's group, made with its GPUs (NVML indexes) as the only NVIDIA devices it may open."""
-    return probe(home).create(job_id, nvidia_minors(gpu_indexes))
+    """The job's group, made with its GPUs (NVML indexes) as the only NVIDIA devices it may open.
 
-
-def kill_job(home: Path | str | None, job_id: int, grace: float) -> int:
-    """Kill every process in job ``job_id``'s group (SIGTERM, ``grace`` s, SIGKILL) and remove the group.
-
-    Returns how many processes were hit; 0 when the job has no group here (or no state is named).
+    Tried again when a hierarchy was left out: another launcher of the state may have removed the (then
+    empty) parent group between our making it and making the job's group in it.
     """
-    if home is None:
-        return 0
-    found = probe(home).find(job_id)
-    if found is None:
-        return 0
-    hit = found.kill_all(grace)
-    found.remove(timeout=0.5)
-    return hit
+    containment = probe(home)
+    minors = nvidia_minors(gpu_indexes)
+    group = containment.create(job_id, minors)
+    for _ in range(2):
+        if len(group.dirs) == len(containment.hierarchies):
+            break
+        group = containment.create(job_id, minors)
+    return group
 
 
-def pids(home: Path | str, job_id: int) -> set[int]:
-    """The processes in job ``job_id``'s group (empty without one)."""
-    found = probe(home).find(job_id)
-    return found.pids() - {os.getpid()} if found is not None else set()
+def remove_parent(home: Path | str) -> None:
+    """Remove this state's parent group where it is empty (the last job of the state here ended)."""
+    containment = probe(home)
+    for hierarchy in containment.hierarchies:
+        with contextlib.suppress(OSError):  # not empty (another job runs), or not ours to remove
+            os.rmdir(os.path.join(hierarchy.mountpoint, containment.parent))
 
 
 def sweep(home: Path | str, keep: Collection[int], grace: float) -> tuple[list[int], list[int]]:

@@ -191,11 +191,12 @@ def end_job_processes(job_id: int, pid: int | None, started: float | None, home:
     for proc in job_processes(job_id, home):
         procs.setdefault(proc.pid, proc)
     group = contain.probe(home).find(job_id) if home is not None else None
-    if group is None:
+    if group is None or home is None:
         return terminate(list(procs.values()), grace) if procs else 0
     if not procs:
         hit = group.kill_all(grace)
-        group.remove(timeout=0.5)
+        if group.remove(timeout=0.5):
+            contain.remove_parent(home)
         return hit
     import threading
 
@@ -204,7 +205,8 @@ def end_job_processes(job_id: int, pid: int | None, started: float | None, home:
     tagged.start()
     hit = group.kill_all(grace)
     tagged.join()
-    group.remove(timeout=0.5)
+    if group.remove(timeout=0.5):
+        contain.remove_parent(home)
     return hit + sum(counted)
 
 

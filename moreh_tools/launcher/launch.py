@@ -243,6 +243,9 @@ class Launch:
         if watcher.said:
             say(f"{PROG}: {watcher.said}")
         self._record_end(job, status, "finished" if status == 0 else "failed")
+        # The end just recorded wakes the watcher's wait; let it return before the interpreter exits: a
+        # thread still inside DuckDB at exit aborts the process ("exception not rethrown").
+        watcher.join(3.0)
         return status
 
     def _contain(self, job: Job) -> str:
@@ -281,8 +284,10 @@ class Launch:
             # The devices stay CLEANING, visibly, for as long as the grace period may take.
             self.port.call(ops.JOB_CLEANING, job_id=job.id)
             processes.end_job_processes(job.id, None, None, str(self.home), processes.release_grace())
-        elif group is not None and group.active:
-            group.remove(timeout=0.5)
+        elif group is not None and group.active and group.remove(timeout=0.5):
+            from moreh_tools.jobs import contain
+
+            contain.remove_parent(self.home)
         # With nothing left to clean, CLEANING and the end are one transaction: one lock turn less per job.
         try:
             self.port.call(ops.JOB_FINISH, job_id=job.id, exit_code=exit_code, reason=reason)
