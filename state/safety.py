@@ -185,6 +185,19 @@ class Home:
                     finally:
                         os.close(fd)
 
+    def make_private(self, *names: str) -> None:
+        """Take the group's and others' access away from our own files among ``names`` (the daemon's)."""
+        me = os.geteuid()
+        for name in names:
+            st = self.lstat(name)
+            if st is None or st.st_uid != me or not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
+                continue
+            fd = self.open(name, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+            finally:
+                os.close(fd)
+
     def subdirectory(self, name: str) -> Home:
         """The sub-directory ``name`` (made if missing: 2770 in a shared directory, else 0700), checked and open.
 
@@ -292,6 +305,12 @@ def _check_directory(home: Path, st: os.stat_result, purpose: str) -> None:
         raise StateUnavailableError(
             f"The state directory {home} belongs to {_user(st.st_uid)}, not to you: {why}. Ask its "
             "administrator, or set MOREH_HOME to a directory of your own."
+        )
+    if purpose == TOOL and st.st_uid != me and not os.access(home, os.W_OK):
+        raise StateUnavailableError(
+            f"The state in {home} belongs to {_user(st.st_uid)} and is served to other users by its sdamanager "
+            "only, which is not running (no socket answers); ask its administrator to start it, or set "
+            "MOREH_HOME to a directory of your own."
         )
     if mode & stat.S_IWOTH:
         raise StateUnavailableError(

@@ -330,6 +330,8 @@ class OwnedStore(StateStore):
             raise self._lock_error(exc) from None
         self._saved_umask = os.umask(0o077)
         try:
+            with self._home() as home:  # files an older version (or the personal set-up) shared with a group
+                home.make_private(self.lock_path.name, self.path.name, self.path.name + ".wal")
             self._conn = self._ensure_schema(self._open())
             self._schema_checked = True
         except BaseException:

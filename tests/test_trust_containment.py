@@ -103,9 +103,13 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def escaping_job(marks: Path, then: str = "") -> list[str]:
-    """A command that starts an escaping sleeper (its pid written to ``marks``), then runs ``then``."""
+    """A command that starts an escaping sleeper (its pid written to ``marks``), then runs ``then``.
+
+    The sleeper leaves the job's session, drops the job's tag, and is started from a subshell that exits at
+    once, so it is not even a descendant of the job's command any more (its parent is init).
+    """
     script = (
-        f"setsid env -u MOREH_JOB_ID sleep 60 < /dev/null > /dev/null 2>&1 & echo $! > {marks}.tmp; "
+        f"(setsid env -u MOREH_JOB_ID sleep 60 < /dev/null > /dev/null 2>&1 & echo $! > {marks}.tmp); "
         f"mv {marks}.tmp {marks}; {then}"
     )
     return ["/bin/sh", "-c", script]
@@ -124,8 +128,14 @@ def escaped_pid(marks: Path) -> int:
     wait_until(lambda: psutil.Process(pid).name() == "sleep", 10, "setsid and env to exec sleep")
     with open(f"/proc/{pid}/environ", "rb") as f:
         assert b"MOREH_JOB_ID=" not in f.read()  # it dropped the tag...
-    assert os.getsid(pid) != os.getsid(os.getpid())  # ...and left the session
+    assert os.getsid(pid) != os.getsid(os.getpid())  # ...and left the session...
+    wait_until(lambda: psutil.Process(pid).ppid() != 0 and not _below_a_moreh_run(pid), 10, "the subshell to exit")
     return pid
+
+
+def _below_a_moreh_run(pid: int) -> bool:
+    """Whether ``pid`` descends from a moreh-run (the tree kill of the job's command would find it)."""
+    return any(parent.pid in {p.pid for p in _started} for parent in psutil.Process(pid).parents())
 
 
 def test_a_process_that_escapes_the_session_and_the_tag_dies_with_its_job(user: Callable[..., str], tmp_path: Path) -> None:
