@@ -31,7 +31,7 @@ MAX_OP_BODY = 1 << 20
 RECHECK_S = 2.0
 #: A launcher's reports about its own job never spend the token's request budget: refusing one would
 #: strand the job (devices held, nobody retrying), and a waiting launcher asks again every ~25 s. They
-#: spend a separate, generous budget of their own instead (see ``ratelimit.report_rate``), so a token
+#: spend a separate, generous budget of their own instead (``RateLimiter.for_reports``, ``MOREH_API_REPORT_RATE``), so a token
 #: cannot flood the state's write lock through them; each is idempotent (a repeat changes nothing).
 UNLIMITED_OPS = frozenset({"job_wait", "job_started", "job_cleaning", "job_finish", "job_abandoned"})
 _STATUS = {

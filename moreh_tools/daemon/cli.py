@@ -242,7 +242,9 @@ def _serve_state(home: Path, interval: float, once: bool, address: tuple[str, in
         _log(f"state check: {daemon.state_check}")
         from moreh_tools.jobs import contain
 
-        _log(f"job containment for root's moreh-run: {contain.probe(home).describe()}")
+        offered = contain.probe(home)
+        who = " for moreh-run as root (other users' jobs: process group and MOREH_JOB_ID scan)" if offered.active else ""
+        _log(f"job containment{who}: {offered.describe()}")
         if once:
             return 0
         return daemon.serve(lambda: stopper.stopping is not None)

@@ -91,5 +91,6 @@ def sweep(home: Path | str, keep: Collection[int], grace: float) -> tuple[list[i
         found = containment.find(job_id)
         if found is not None and found.pids() - {os.getpid()}:
             found.kill_all(grace)
-            killed.append(job_id)
+            if not found.pids() - {os.getpid()}:  # not ours to kill (a non-root daemon): not said to be
+                killed.append(job_id)
     return killed, containment.remove_stale(keep)
