@@ -323,3 +323,22 @@ def test_a_full_disk_says_so(tmp_path: Path) -> None:
         assert "before" in _console(home, "show token").stdout
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# -- item 4: the priority ceiling, also without a daemon (the state file in process) ------------------------------------
+
+
+def test_a_user_token_cannot_raise_its_priority_through_the_file(smc: Smc, tmp_path: Path) -> None:
+    token = token_of(ok(smc("create token ceiling 3")))
+    ok(smc(f"create sda {token} mine 1"))
+    env = {**os.environ, "MOREH_SDA_TOKEN": token, "MOREH_FAKE_GPUS": "2", "MOREH_HOSTNAME": "ceiling-host"}
+    done = subprocess.run([str(BIN / "moreh-run"), "--priority", "99", "--", "true"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "priority up to its token priority (3), not 99" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ok(smc("show job", json=True)).json == []
+    assert ok(smc("show history", json=True)).json == []
+    allowed = subprocess.run([str(BIN / "moreh-run"), "--priority", "3", "--", "true"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert allowed.returncode == 0, allowed.stderr
