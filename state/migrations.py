@@ -347,6 +347,11 @@ def m008_gpu_guardian(conn: Connection) -> None:
     )
 
 
+def m009_job_containment(conn: Connection) -> None:
+    """How each job's processes are contained (cgroups, or the process-group fallback), as its launcher said."""
+    conn.execute("CREATE TABLE job_containment (job_id INTEGER PRIMARY KEY, description VARCHAR NOT NULL)")
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     m001_initial,
     m002_api,
@@ -356,6 +361,7 @@ MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     m006_time_limits_and_backfill_plan,
     m007_group_quotas_and_fair_share,
     m008_gpu_guardian,
+    m009_job_containment,
 )
 LATEST_VERSION = len(MIGRATIONS)
 

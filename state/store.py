@@ -9,9 +9,9 @@ transaction or none of it (DuckDB's WAL), and the kernel drops its lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +32,7 @@ else:
 from state import migrations
 from state.errors import InvalidValueError, StateBusyError, StateError, StateOwnedElsewhere, StateUnavailableError
 from state.paths import lock_file, state_file, state_home
+from state.safety import DAEMON, TOOL, Home, checked_home
 from state.stats import LOCK_STATS_VAR, record_stat
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class StateStore:
         self.abandon_when = abandon_when
         self._schema_checked = False
         self.lock_wait_s = 0.0
+        self._purpose = TOOL
+        self._umask = 0o077
 
     # -- public -------------------------------------------------------------------------------
 
@@ -122,10 +125,10 @@ class StateStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self._prepare_home()
         started = time.perf_counter()
+        fd = self._open_lock(TOOL)
         try:
-            fd = _lock_in_turn(self.lock_path, self.lock_timeout, self.abandon_when)
+            fd = _lock_in_turn(fd, self.lock_timeout, self.abandon_when)
         except _Abandoned:
             raise StateOwnedElsewhere(f"The state at {self.path} is now served by sdamanager.") from None
         except TimeoutError:
@@ -134,9 +137,7 @@ class StateStore:
                 "try again, or raise MOREH_LOCK_TIMEOUT."
             ) from None
         except OSError as exc:
-            raise StateUnavailableError(
-                f"Cannot lock {self.lock_path}: {exc.strerror}. Check that you may write to {self.home}."
-            ) from None
+            raise self._lock_error(exc) from None
         acquired = time.perf_counter()
         self.lock_wait_s = acquired - started
         try:
@@ -150,15 +151,23 @@ class StateStore:
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        conn = self._open()
+        # The umask holds for the connection's whole life, not only while connecting: DuckDB creates the
+        # write-ahead log at the first write, and in a group-shared directory every member must be able to
+        # replay and remove it after a crash. The state lock is held, so no other thread of this process
+        # changes the umask meanwhile.
+        old_umask = os.umask(self._umask)
         try:
-            if not self._schema_checked:
-                conn = self._ensure_schema(conn)
-                self._schema_checked = True
-            with self._translated():
-                yield conn
+            conn = self._open()
+            try:
+                if not self._schema_checked:
+                    conn = self._ensure_schema(conn)
+                    self._schema_checked = True
+                with self._translated():
+                    yield conn
+            finally:
+                conn.close()
         finally:
-            conn.close()
+            os.umask(old_umask)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -181,10 +190,8 @@ class StateStore:
             )
         if "Permission denied" in text:  # e.g. the write-ahead log cannot be created in the directory
             return self._not_permitted()
-        if "No space left" in text or "disk is full" in text.lower():
-            return StateUnavailableError(
-                f"The disk holding {self.home} is full; nothing was changed. Free space there and try again."
-            )
+        if _disk_full(text):
+            return self._disk_full()
         if isinstance(exc, _DAMAGE):
             return StateUnavailableError(
                 f"State file {self.path} could not be read or written ({_first_line(exc)}). If the disk is "
@@ -194,24 +201,49 @@ class StateStore:
         return StateError(f"State database error: {_first_line(exc)}")
 
     def _open(self) -> duckdb.DuckDBPyConnection:
-        if self.path.exists() and not self.path.is_file():  # DuckDB would block forever reading a FIFO
-            raise StateUnavailableError(
-                f"The state path {self.path} is not a regular file; move it away or point MOREH_HOME elsewhere."
-            )
-        old_umask = os.umask(0o007)
+        # DuckDB opens its files by name, following links: look at them first (see state.safety for the race
+        # left, and why only those who already hold the state could use it).
+        with self._home() as home:
+            home.check_files(self.path.name, self.path.name + ".wal")
         try:
             conn = duckdb.connect(str(self.path))
         except duckdb.Error as exc:
             if "Permission denied" in str(exc):  # never advise moving away a file that is only not ours to open
                 raise self._not_permitted() from None
+            if _disk_full(str(exc)):
+                raise self._disk_full() from None
             raise StateUnavailableError(
                 f"Cannot open the state file {self.path}: {_first_line(exc)}. If it is corrupt or not a "
                 "moreh-tools state, move it away (a fresh one is created) or point MOREH_HOME elsewhere."
             ) from None
-        finally:
-            os.umask(old_umask)
-        _never_world_writable(self.path)
         return conn
+
+    def _disk_full(self) -> StateUnavailableError:
+        return StateUnavailableError(
+            f"The disk holding {self.home} is full; nothing was changed. Free space there and try again."
+        )
+
+    def _lock_error(self, exc: OSError) -> StateUnavailableError:
+        if exc.errno == errno.ENOSPC:
+            return self._disk_full()
+        return StateUnavailableError(
+            f"Cannot lock {self.lock_path}: {exc.strerror}. Check that you may write to {self.home}."
+        )
+
+    def _open_lock(self, purpose: str) -> int:
+        """The lock file, opened relative to the checked state directory without following links."""
+        with checked_home(self.home, purpose=purpose) as home:
+            self._umask = home.umask
+            try:
+                return home.open(self.lock_path.name, os.O_RDWR | os.O_CREAT)
+            except OSError as exc:
+                raise self._lock_error(exc) from None
+
+    @contextmanager
+    def _home(self) -> Iterator[Home]:
+        """The state directory, checked and open (the lock was taken through it already)."""
+        with checked_home(self.home, purpose=self._purpose, create=False) as home:
+            yield home
 
     def _not_permitted(self) -> StateUnavailableError:
         return StateUnavailableError(
@@ -236,30 +268,20 @@ class StateStore:
             # Keep the file as it was before touching its schema, so a failed migration loses nothing.
             conn.execute("CHECKPOINT")
             conn.close()
-            backup = self.path.with_name(f"{self.path.name}.bak-v{version}-{int(time.time())}")
-            import shutil  # only here: a migration is rare and shutil is not otherwise loaded
-
-            shutil.copy2(self.path, backup)
+            self._backup(f"{self.path.name}.bak-v{version}-{int(time.time())}")
             conn = self._open()
         migrations.migrate(conn)
         return conn
 
-    def _prepare_home(self) -> None:
-        home = self.home
-        try:
-            home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateUnavailableError(
-                f"Cannot create the state directory {home}: {exc.strerror}. Set MOREH_HOME to a directory "
-                "you may write to."
-            ) from None
-        if not home.is_dir():
-            raise StateUnavailableError(f"MOREH_HOME {home} is not a directory; point it at a directory.")
-        if home.stat().st_mode & stat.S_IWOTH:
-            raise StateUnavailableError(
-                f"The state directory {home} is world-writable, so anyone could replace the state; "
-                f"run 'chmod o-w {home}' (share it through a group instead, see the README)."
-            )
+    def _backup(self, name: str) -> None:
+        """Copy the state file to ``name`` next to it: a new file, never through a link."""
+        import shutil  # only here: a migration is rare and shutil is not otherwise loaded
+
+        with self._home() as home:
+            out = home.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            src = home.open(self.path.name, os.O_RDONLY)
+        with os.fdopen(src, "rb") as source, os.fdopen(out, "wb") as target:
+            shutil.copyfileobj(source, target)
 
 
 class OwnedStore(StateStore):
@@ -281,6 +303,8 @@ class OwnedStore(StateStore):
         self._write = threading.Lock()
         self._local = threading.local()
         self._generation = 0  # bumped by every commit: readers cache what they derive from the state by it
+        self._purpose = DAEMON
+        self._saved_umask: int | None = None
 
     @property
     def generation(self) -> int:
@@ -288,20 +312,26 @@ class OwnedStore(StateStore):
         return self._generation
 
     def open(self) -> None:
-        """Take the lock for good and open the connection (migrating the schema first if needed)."""
-        self._prepare_home()
+        """Take the lock for good and open the connection (migrating the schema first if needed).
+
+        The state directory must be one that only the daemon's user (or root) can write: the daemon serves
+        everyone else through its socket. The umask stays 077 while the state is open, so the files DuckDB
+        makes meanwhile (the write-ahead log) are the daemon's alone.
+        """
+        fd = self._open_lock(DAEMON)
         try:
-            self._fd = _lock_in_turn(self.lock_path, self.lock_timeout)
+            self._fd = _lock_in_turn(fd, self.lock_timeout)
         except TimeoutError:
             raise StateBusyError(
                 f"The state at {self.path} stayed locked for {self.lock_timeout:g} s by another process; "
                 "try again, or raise MOREH_LOCK_TIMEOUT."
             ) from None
         except OSError as exc:
-            raise StateUnavailableError(
-                f"Cannot lock {self.lock_path}: {exc.strerror}. Check that you may write to {self.home}."
-            ) from None
+            raise self._lock_error(exc) from None
+        self._saved_umask = os.umask(0o077)
         try:
+            with self._home() as home:  # files an older version (or the personal set-up) shared with a group
+                home.make_private(self.lock_path.name, self.path.name, self.path.name + ".wal")
             self._conn = self._ensure_schema(self._open())
             self._schema_checked = True
         except BaseException:
@@ -320,6 +350,9 @@ class OwnedStore(StateStore):
             if self._fd is not None:
                 _unlock(self._fd)
                 self._fd = None
+            if self._saved_umask is not None:
+                os.umask(self._saved_umask)
+                self._saved_umask = None
 
     @contextmanager
     def quiesced(self) -> Iterator[None]:
@@ -373,8 +406,8 @@ class _Abandoned(Exception):
     """The wait for the lock was given up because ``abandon_when`` said so."""
 
 
-def _lock_in_turn(path: Path, timeout: float, abandon_when: Callable[[], bool] | None = None) -> int:
-    """Open the lock file and take its exclusive lock, waiting in turn; return the descriptor.
+def _lock_in_turn(fd: int, timeout: float, abandon_when: Callable[[], bool] | None = None) -> int:
+    """Take the exclusive lock of the open lock file ``fd``, waiting in turn; return it (closed on failure).
 
     A blocking ``flock`` waits in the kernel's queue, so processes get the lock about in the order
     they asked. Polling for it (filelock's way, every 50 ms) lets newcomers overtake whoever has
@@ -383,11 +416,6 @@ def _lock_in_turn(path: Path, timeout: float, abandon_when: Callable[[], bool] |
     thread with its own descriptor of the same open file, so the wait can time out (TimeoutError),
     and a helper that gets the lock after its caller gave up hands it straight back.
     """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o660)
-        os.fchmod(fd, 0o660)  # group members share the state (README); the umask must not take that away
-    except FileExistsError:
-        fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd
@@ -462,14 +490,8 @@ def _rollback(conn: Any) -> None:
         pass
 
 
-def _never_world_writable(path: Path) -> None:
-    for candidate in (path, path.with_name(path.name + ".wal")):
-        try:
-            mode = candidate.stat().st_mode
-        except FileNotFoundError:
-            continue
-        if mode & stat.S_IWOTH:
-            candidate.chmod(mode & ~stat.S_IWOTH)
+def _disk_full(text: str) -> bool:
+    return "No space left" in text or "disk is full" in text.lower() or "not enough space" in text.lower()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -46,12 +46,99 @@ def looks_like_token(value: str) -> bool:
     return _TOKEN_LIKE.fullmatch(value) is not None
 
 
-def check_env_name(name: str) -> str:
-    """Return ``name`` if it is a valid environment variable name."""
+#: Environment names a token may not set for its jobs: each makes a program (the dynamic linker, a shell,
+#: Python, Perl, Ruby, Node, glibc's iconv, ...) load or run code of the setter's choosing, as the job's
+#: user, before the job's own command does anything. Exact names; see also HIJACKING_ENV_PREFIXES.
+HIJACKING_ENV_NAMES = frozenset(
+    {
+        "BASH_ENV",  # bash runs it at the start of every non-interactive shell
+        "ENV",  # sh / dash / ksh do the same for interactive shells
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",  # expanded (commands run) when a shell traces
+        "PROMPT_COMMAND",
+        "IFS",
+        "CDPATH",
+        "GLOBIGNORE",
+        "PATH",  # which program a name runs
+        "HOME",  # dotfiles read by shells and tools
+        "ZDOTDIR",
+        "PYTHONSTARTUP",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUSERBASE",
+        "PYTHONINSPECT",
+        "PYTHONBREAKPOINT",
+        "PYTHONEXECUTABLE",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PERL5DB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "GCONV_PATH",  # glibc loads iconv modules from it
+        "GETCONF_DIR",
+        "HOSTALIASES",
+        "LOCPATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "MALLOC_TRACE",
+        "TMPDIR",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+        "GIT_EXEC_PATH",
+        "GIT_CONFIG_GLOBAL",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "BROWSER",
+        "SSH_ASKPASS",
+        "SUDO_ASKPASS",
+        "PROFILEREAD",
+        "XDG_CONFIG_HOME",
+    }
+)
+#: Prefixes of refused names: the dynamic linker's ``LD_*`` (``LD_PRELOAD``, ``LD_LIBRARY_PATH``,
+#: ``LD_AUDIT``), glibc's tunables and ``MALLOC_*``, and every ``BASH_FUNC_*`` (exported shell functions).
+#: (``CUDA_VISIBLE_DEVICES``, ``MOREH_SDA_TOKEN``, ``MOREH_JOB_ID`` and ``MOREH_HOME`` are set by the
+#: launcher after the token's values, so a token cannot change them.)
+HIJACKING_ENV_PREFIXES = ("LD_", "GLIBC_", "MALLOC_", "BASH_FUNC_", "DYLD_")
+
+
+def hijacks(name: str) -> bool:
+    """Whether a token may not set environment variable ``name`` for its jobs (see HIJACKING_ENV_NAMES)."""
+    upper = name.upper()
+    return upper in HIJACKING_ENV_NAMES or upper.startswith(HIJACKING_ENV_PREFIXES)
+
+
+def check_env_format(name: str) -> str:
+    """Return ``name`` if it is written as an environment variable name (letters, digits, '_')."""
     if not _ENV_NAME.match(name):
         raise InvalidValueError(
             f"'{name}' is not a valid environment variable name: use letters, digits and '_' "
             "and do not start with a digit."
+        )
+    return name
+
+
+def check_env_name(name: str) -> str:
+    """Return ``name`` if it is a valid environment variable name that a token may set for its jobs.
+
+    Names that would let whoever sets them run code as the job's user (``LD_PRELOAD``, ``BASH_ENV``,
+    ``PYTHONPATH``, ...: :data:`HIJACKING_ENV_NAMES` and :data:`HIJACKING_ENV_PREFIXES`) are refused; the
+    launcher refuses them again when it applies a token's env (defence in depth).
+    """
+    check_env_format(name)
+    if hijacks(name):
+        raise InvalidValueError(
+            f"'{name}' may not be set through a token: it makes programs load or run code of the setter's "
+            "choosing as the job's user (see the README's list of refused names)."
         )
     return name
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from state.checks import check_name
 from state.errors import ConflictError, InvalidValueError, NotFoundError
 from state.records import Version
-from state.tokens import check_env_name
+from state.tokens import check_env_format
 
 if TYPE_CHECKING:
     from state.session import Session
@@ -112,7 +112,7 @@ class VersionRepository:
     def add_env(self, version: str, name: str, value: str) -> None:
         """Add (or replace) one environment value of the version's worker."""
         self.get(version)
-        check_env_name(name)
+        check_env_format(name)
         if len(value) > 4096 or "\x00" in value:
             raise InvalidValueError("The environment value must be at most 4096 characters without NUL bytes.")
         if self.s.one("SELECT 1 FROM worker_env WHERE version = ? AND name = ?", [version, name]) is not None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_daemon
+from moreh_tools.port.ops import PROTOCOL
 from tests.conftest import BIN, Smc, ok
 from tests.invariants import violations
 from tests.test_moreh_run import PY, moreh_run
@@ -80,7 +81,7 @@ def raw_exchange(home: Path, request: bytes, timeout: float = 30) -> bytes:
         return answer
 
 
-def op_request(name: str, body: bytes, protocol: str = "1") -> bytes:
+def op_request(name: str, body: bytes, protocol: str = str(PROTOCOL)) -> bytes:
     return (
         f"POST /api/v1/op/{name} HTTP/1.1\r\nHost: sdamanager\r\nContent-Type: application/json\r\n"
         f"X-Moreh-Protocol: {protocol}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -146,21 +147,21 @@ def test_a_client_of_another_protocol_version_gets_one_line(user: Callable[..., 
 
 
 @pytest.mark.parametrize(
-    ("request_bytes", "status"),
+    ("request_bytes", "status", "says"),
     [
-        (b"GARBAGE\r\n\r\n", 400),
-        (op_request("status", b"{not json"), 400),
-        (op_request("status", b"\xff\xfe\xfd"), 400),
-        (op_request("status", b"[" * 100_000 + b"]" * 100_000), 400),
-        (op_request("device_add", b'{"model": ["not", "a", "model"]}'), 400),
-        (op_request("device_add", b'{"colour": "blue"}'), 400),
-        (op_request("no_such_op", b"{}"), 400),
-        (op_request("status", b"{}", protocol="999"), 400),
+        (b"GARBAGE\r\n\r\n", 400, ""),
+        (op_request("status", b"{not json"), 400, "not valid JSON"),
+        (op_request("status", b"\xff\xfe\xfd"), 400, "JSON"),
+        (op_request("status", b"[" * 100_000 + b"]" * 100_000), 400, "nested"),
+        (op_request("device_add", b'{"model": ["not", "a", "model"]}'), 400, "model should be text"),
+        (op_request("device_add", b'{"colour": "blue"}'), 400, "takes no argument colour"),
+        (op_request("no_such_op", b"{}"), 400, "No operation 'no_such_op'"),
+        (op_request("status", b"{}", protocol="999"), 400, "speaks protocol 999"),
     ],
     ids=["not-http", "not-json", "not-utf8", "deeply-nested", "wrong-type", "unknown-argument", "unknown-op", "protocol"],
 )
 def test_a_request_the_daemon_cannot_parse_gets_an_error_reply(
-    moreh_home: Path, user: Callable[..., str], request_bytes: bytes, status: int
+    moreh_home: Path, user: Callable[..., str], request_bytes: bytes, status: int, says: str
 ) -> None:
     token = user(1)
     daemon, _ = start_daemon()
@@ -169,9 +170,11 @@ def test_a_request_the_daemon_cannot_parse_gets_an_error_reply(
     assert got == status, answer[:500]
     if isinstance(payload, dict):  # one line saying what was wrong, in the op or the REST form
         message = payload["error"]["message"] if "error" in payload else payload["details"]
-        assert message, payload
+        assert says in message, payload
         assert "\n" not in message, payload
         assert "Traceback" not in message, payload
+    else:
+        assert not says, payload
     assert daemon.poll() is None, "the daemon died of a bad request"
     after = tool("moreh-smi", token=token)
     assert (after.returncode, after.stderr) == (0, ""), after.stderr

@@ -110,7 +110,9 @@ def test_a_world_writable_state_directory_is_refused(smc: Smc, moreh_home: Path)
     moreh_home.chmod(0o777)
     fails(smc("create token x"), 1, "world-writable", f"chmod o-w {moreh_home}")
     assert not (moreh_home / "state.duckdb").exists()
-    moreh_home.chmod(0o770)  # shared through a group, as the README says
+    moreh_home.chmod(0o770)  # group-writable without the setgid bit: files made there would not be shared
+    fails(smc("create token x"), 1, "without the setgid bit", f"chmod 2770 {moreh_home}")
+    moreh_home.chmod(0o2770)  # shared through a group (root's own group here, so root may open it)
     ok(smc("create token x"))
 
 

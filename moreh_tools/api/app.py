@@ -60,8 +60,22 @@ class BodyParamsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Buffer and parse the body when there is one to parse, then call the app."""
-        if scope["type"] != "http" or scope["method"].encode() not in _BODY_METHODS:
+        """Buffer and parse the body when there is one to parse, then call the app.
+
+        Every HTTP request's URL must be UTF-8 once its escapes are decoded (400 otherwise: never read with
+        U+FFFD in place of the bad bytes).
+        """
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from moreh_tools.api.guards import utf8_problem
+
+        bad = utf8_problem(scope)
+        if bad is not None:
+            refusal = f"SyntaxError. The request's {bad} is not UTF-8 text once its %-escapes are decoded."
+            await error_response(ApiError(SYNTAX, refusal))(scope, receive, send)
+            return
+        if scope["method"].encode() not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -109,6 +123,10 @@ def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if not raw.strip():
         return {}
     if content_type == "application/json" or content_type.endswith("+json"):
+        from moreh_tools.api.guards import MAX_JSON_DEPTH, json_too_deep
+
+        if json_too_deep(raw):
+            raise ApiError(SYNTAX, f"SyntaxError. The request body nests deeper than {MAX_JSON_DEPTH} levels.")
         try:
             parsed = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested beyond reason
@@ -238,7 +256,7 @@ def create_app(store: StateStore, hub: JobHub, *, host: str, machine_id: str, ow
             "601 invalid token or not found, 602 back-end error, 603 ipmitool, 604 signal."
         ),
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # FastAPI's Swagger page loads its scripts from a CDN; ours works offline
         redoc_url=None,
     )
     app.state.store = store
@@ -249,6 +267,7 @@ def create_app(store: StateStore, hub: JobHub, *, host: str, machine_id: str, ow
     app.state.token_cache = TokenCache()
     app.state.read_cache = ReadCache()
     app.state.rate_limiter = RateLimiter.from_env()
+    app.state.report_limiter = RateLimiter.for_reports()
     app.state.started = time.time()
     routers: list[APIRouter] = []
     for name in ROUTER_MODULES:
@@ -270,6 +289,9 @@ def create_app(store: StateStore, hub: JobHub, *, host: str, machine_id: str, ow
     from moreh_tools.port.ops import OP_PATH
 
     app.add_route(OP_PATH + "{name}", op_endpoint, methods=["POST"], include_in_schema=False)
+    from moreh_tools.api.docs_page import DOCS_PATH, docs_page
+
+    app.add_route(DOCS_PATH, docs_page, methods=["GET"], include_in_schema=False)
     _install_handlers(app)
     _install_openapi(app, [r for router in routers for r in router.routes if isinstance(r, APIRoute)])
     app.add_middleware(BodyParamsMiddleware)

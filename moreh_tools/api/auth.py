@@ -49,16 +49,18 @@ def presented_token(request: Request) -> str | None:
     return apikey or None
 
 
-def identify(request: Request, *, budgeted: bool = True) -> Caller:
+def identify(request: Request, *, budgeted: bool = True, report: bool = False) -> Caller:
     """The caller of a request; UnknownTokenError for a missing or unknown token; 429 past the token's budget.
 
     Over the daemon's Unix socket, a process of the daemon's own user or root owns the state and needs no
     token. ``budgeted`` requests over TCP spend their token's budget (HOST tokens never do: a host reports
-    every tick however many hosts share its token); the budget is checked before the token is looked up,
-    so a client over its budget costs no state read.
+    every tick however many hosts share its token); ``report`` requests (a launcher's reports about its own
+    job) spend a separate, generous budget instead. Budgets are checked before the token is looked up, so a
+    client over its budget costs no state read. An unknown token spends the budget of the client's address
+    (``X-Forwarded-For`` counts only from the proxies named in ``MOREH_API_TRUSTED_PROXIES``).
     """
     from moreh_tools.api.peer import UNIX_CLIENT
-    from moreh_tools.api.tokens import limiter_of, lookup_access_level
+    from moreh_tools.api.tokens import limiter_of, lookup_access_level, report_limiter_of
     from state.errors import UnknownTokenError
 
     client = request.client
@@ -67,13 +69,18 @@ def identify(request: Request, *, budgeted: bool = True) -> Caller:
     owner = uid is not None and uid in (0, request.app.state.owner_uid)
     token = presented_token(request)
     limiter = limiter_of(request.app)
+    # Not checked before the lookup: clients share an address (every local user is 127.0.0.1), and one
+    # guesser must not lock the others out; the lookup of an unknown token is one cached read.
+    guesser = f"client:{client.host if client else 'unknown'}"
+    if report and not unix and token is not None:
+        report_limiter_of(request.app).hit(f"report:{token}")
     budgeted = budgeted and not unix and token is not None
     if budgeted:
         limiter.check(f"token:{token}")
     level = lookup_access_level(request.app, token) if token is not None else None
     if level is None and not owner:
         if not unix:
-            limiter.hit(f"client:{client.host if client else 'unknown'}")  # guessing spends the client's budget
+            limiter.hit(guesser)  # guessing spends the client's budget
         if token is None:
             raise UnknownTokenError(
                 "Invalid token: send 'Authorization: Bearer <token>' (or the query parameter apikey=<token>)."

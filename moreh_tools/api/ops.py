@@ -30,7 +30,9 @@ MAX_OP_BODY = 1 << 20
 #: A long poll re-reads its job at least this often, in case a wake-up was missed.
 RECHECK_S = 2.0
 #: A launcher's reports about its own job never spend the token's request budget: refusing one would
-#: strand the job (devices held, nobody retrying), and a waiting launcher asks again every ~25 s.
+#: strand the job (devices held, nobody retrying), and a waiting launcher asks again every ~25 s. They
+#: spend a separate, generous budget of their own instead (``RateLimiter.for_reports``, ``MOREH_API_REPORT_RATE``), so a token
+#: cannot flood the state's write lock through them; each is idempotent (a repeat changes nothing).
 UNLIMITED_OPS = frozenset(
     {"job_wait", "job_started", "job_cleaning", "job_finish", "job_abandoned", "job_check_devices"}
 )
@@ -124,8 +126,12 @@ async def op_endpoint(request: Request) -> JSONResponse:
     raw = await request.body()
     if len(raw) > MAX_OP_BODY:
         return _refuse(errors.BadRequestError, "The request body is over 1 MiB.")
+    from moreh_tools.api.guards import MAX_JSON_DEPTH, json_too_deep
+
+    if json_too_deep(raw):
+        return _refuse(errors.BadRequestError, f"The request body nests deeper than {MAX_JSON_DEPTH} levels.")
     try:
-        caller = identify(request, budgeted=name not in UNLIMITED_OPS)
+        caller = identify(request, budgeted=name not in UNLIMITED_OPS, report=name in UNLIMITED_OPS)
         body = json.loads(raw) if raw.strip() else {}
         kwargs = _arguments(op, body)
         ctx = service_context(request, caller)

@@ -18,6 +18,9 @@ from moreh_tools.api.errors import ApiError
 DEFAULT_REQUESTS = 900
 DEFAULT_WINDOW_S = 900.0
 RATE_LIMITED = 429
+#: A launcher's reports (its wait, start and end) may come this many times as often as other requests: a
+#: token running a hundred jobs reports about each of them every ~25 s while they wait or run.
+REPORT_FACTOR = 20
 _MAX_KEYS = 100_000  # past this many live windows, expired ones are swept before adding another
 
 
@@ -51,6 +54,17 @@ class RateLimiter:
     def from_env(cls) -> RateLimiter:
         """The limiter ``MOREH_API_RATE`` asks for."""
         return cls(*parse_rate(os.environ.get("MOREH_API_RATE")))
+
+    @classmethod
+    def for_reports(cls) -> RateLimiter:
+        """The budget of a launcher's reports about its own jobs, per token: ``MOREH_API_REPORT_RATE``
+        (``N`` or ``N/SECONDS``), by default :data:`REPORT_FACTOR` times the token budget in the same window
+        (0 when the token budget is off)."""
+        text = os.environ.get("MOREH_API_REPORT_RATE")
+        if text:
+            return cls(*parse_rate(text))
+        requests, window_s = parse_rate(os.environ.get("MOREH_API_RATE"))
+        return cls(requests * REPORT_FACTOR, window_s)
 
     def hit(self, key: str) -> None:
         """Count one request for ``key``; raise 429 (with Retry-After) when it is over budget."""

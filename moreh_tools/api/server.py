@@ -129,7 +129,8 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
         raise AddressError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         os.umask(old)
-    os.chmod(path, mode)
+    # No chmod by name afterwards (it would follow a link put in the socket's place): bind made it with the
+    # mode already, and the state directory (checked by the daemon) is writable by its owner alone.
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

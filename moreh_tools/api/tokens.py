@@ -58,3 +58,9 @@ def limiter_of(app: FastAPI) -> RateLimiter:
     return limiter
 
 
+def report_limiter_of(app: FastAPI) -> RateLimiter:
+    """The separate budget of launchers' reports about their own jobs (``MOREH_API_REPORT_RATE``)."""
+    limiter: RateLimiter = app.state.report_limiter
+    return limiter
+
+

@@ -89,9 +89,16 @@ class PidLock:
         self.fd: int | None = None
 
     def acquire(self) -> int | None:
-        """Take the lock and write our pid; return None, or the pid of the daemon that holds it."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock and write our pid; return None, or the pid of the daemon that holds it.
+
+        The state directory must be one only the daemon's user (or root) can write (StateUnavailableError
+        otherwise); the pid file is opened in it without following a link, and only its owner may open it
+        (anyone who could would be able to hold the lock and keep the daemon from starting).
+        """
+        from state.safety import DAEMON, checked_home
+
+        with checked_home(self.path.parent, purpose=DAEMON) as home:
+            fd = home.open(self.path.name, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,9 +115,16 @@ class PidLock:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            st = os.stat(self.path, follow_symlinks=False)
+            if _same_file(st, self.fd):
+                self.path.unlink()  # ours still, not something put in its place
         os.close(self.fd)
         self.fd = None
+
+
+def _same_file(st: os.stat_result, fd: int) -> bool:
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 class Stopper:
@@ -152,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
 
     home = state_home()
     lock = PidLock(home)
+    from state.errors import StateError
+
     try:
         holder = lock.acquire()
+    except StateError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         print(f"{PROG}: cannot lock {lock.path}: {exc.strerror}; check that you may write to {home}.", file=sys.stderr)
         return EXIT_FAILED
@@ -241,6 +260,12 @@ def _serve_state(
             f"running (pid {os.getpid()}, backend {daemon.backend_id} '{daemon.owner.ctx.host if daemon.owner else ''}', "
             f"{provider.description}, every {interval:g} s, state {home})"
         )
+        _log(f"state check: {daemon.state_check}")
+        from moreh_tools.jobs import contain
+
+        offered = contain.probe(home)
+        who = " for moreh-run as root (other users' jobs: process group and MOREH_JOB_ID scan)" if offered.active else ""
+        _log(f"job containment{who}: {offered.describe()}")
         if once:
             return 0
         return daemon.serve(lambda: stopper.stopping is not None)

@@ -58,6 +58,11 @@ class Owner:
         if time.monotonic() - self.started >= self.timeout:
             silent = jobs.end_jobs_of_silent_hosts(self.ctx, self.timeout, keep=self.agent.backend_id)
         decision, lost = jobs.schedule(self.ctx, "sdamanager: reconcile and schedule")
+        from moreh_tools.services import containment
+
+        escaped, _ = containment.sweep(self.ctx)  # the cgroups of ended jobs: leftovers killed, groups removed
+        for job_id in escaped:
+            self.log(f"job {job_id} had ended, but processes were left in its cgroup: they were killed")
         for job_id in lost:
             self.log(f"job {job_id} ended as lost: its moreh-run and guardian are gone; its devices are free again")
         for job_id, host in silent:

@@ -64,6 +64,7 @@ class StateDaemon:
         self.sockets: list[socket.socket] = []
         self.server: Any = None
         self._bound: Path | None = None
+        self.state_check = ""
 
     def open(self) -> None:
         """Take the state, register this host (first tick), create the app and bind the sockets.
@@ -85,6 +86,9 @@ class StateDaemon:
         uid = os.geteuid()
         self.store = OwnedStore(self.home, origin=f"uid={uid} sdamanager")
         self.store.open()
+        from state.integrity import check_state, summary
+
+        self.state_check = summary(check_state(self.store))  # logged once the daemon runs
         host, machine_id = identity.host_name(), identity.machine_id()
         self.hub = JobHub(self.home)
         ctx = ServiceContext(

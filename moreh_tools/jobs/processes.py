@@ -187,13 +187,35 @@ def tree(pid: int, started: float | None) -> list[psutil.Process]:
 
 
 def end_job_processes(job_id: int, pid: int | None, started: float | None, home: str | None, grace: float) -> int:
-    """Terminate a job's process tree and every straggler tagged with its id."""
+    """Terminate a job's process tree, every straggler tagged with its id, and everything in its cgroup.
+
+    The cgroup (where the launcher could make one, see :mod:`moreh_tools.jobs.contain`) also holds the
+    processes that left the job's session and dropped ``MOREH_JOB_ID``; it is frozen while it is signalled
+    and removed once empty. Both sets get the same grace period, at the same time.
+    """
+    from moreh_tools.jobs import contain
+
     procs = {p.pid: p for p in tree(pid, started)} if pid else {}
     for proc in job_processes(job_id, home):
         procs.setdefault(proc.pid, proc)
+    group = contain.probe(home).find(job_id) if home is not None else None
+    if group is None or home is None:
+        return terminate(list(procs.values()), grace) if procs else 0
     if not procs:
-        return 0
-    return terminate(list(procs.values()), grace)
+        hit = group.kill_all(grace)
+        if group.remove(timeout=0.5):
+            contain.remove_parent(home)
+        return hit
+    import threading
+
+    counted: list[int] = []
+    tagged = threading.Thread(target=lambda: counted.append(terminate(list(procs.values()), grace)), daemon=True)
+    tagged.start()
+    hit = group.kill_all(grace)
+    tagged.join()
+    if group.remove(timeout=0.5):
+        contain.remove_parent(home)
+    return hit + sum(counted)
 
 
 def end_jobs(jobs: list[tuple[int, int | None, float | None]], home: str | None, grace: float) -> int:

@@ -36,6 +36,8 @@ from moreh_tools.runtime import say
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from moreh_tools.jobs.containment import JobCgroup
+    from moreh_tools.launcher.child import Child
     from moreh_tools.launcher.guardian import Guardian
     from moreh_tools.launcher.signals import SignalRouter
     from moreh_tools.port import Port
@@ -68,6 +70,8 @@ class Launch:
         self.host = identity.host_name()
         self.machine_id = identity.machine_id()
         self.process = shlex.join(request.command)[:200]
+        self.group: JobCgroup | None = None  # the job's cgroup, once it has devices (see _contain)
+        self.containment = ""  # how the job is contained, when entering its cgroup fell short
 
     def run(self) -> int:
         """Queue, wait, run and record; return the exit status."""
@@ -263,7 +267,7 @@ class Launch:
 
     def _command_env(self, job: Job, token_env: tuple[tuple[str, str], ...]) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(token_env)
+        env.update(safe_token_env(token_env))
         env.update(
             {
                 "CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in job.devices),
@@ -283,7 +287,7 @@ class Launch:
         import time
 
         from moreh_tools.jobs import processes
-        from moreh_tools.launcher.child import Child, exit_status
+        from moreh_tools.launcher.child import exit_status
         from moreh_tools.launcher.watcher import Watcher
         from moreh_tools.port import ops
 
@@ -294,8 +298,10 @@ class Launch:
                 f"job {job.id} was given devices of backend '{other}', not of this host '{self.host}'; run "
                 "moreh-run on that backend."
             )
+        env = self._command_env(job, token_env)
+        containment = self._contain(job)
         try:
-            child = Child(self.path, self.request.command, self._command_env(job, token_env))
+            child = self._spawn(env)
         except OSError as exc:
             self._record_end(job, EXIT_CANNOT_EXECUTE, "failed")
             raise LaunchError(f"cannot run {self.request.command[0]}: {exc.strerror}", EXIT_CANNOT_EXECUTE) from None
@@ -303,7 +309,11 @@ class Launch:
         started = processes.create_time(child.pid)
         self.guardian.tell(f"child {child.pid} {started if started is not None else 0.0!r}")
         withdrawn = self.port.call(
-            ops.JOB_STARTED, job_id=job.id, pid=child.pid, create_time=started if started is not None else 0.0
+            ops.JOB_STARTED,
+            job_id=job.id,
+            pid=child.pid,
+            create_time=started if started is not None else 0.0,
+            containment=self.containment or containment,
         )
         deadline = None
         if job.time_limit is not None:  # the limit counts from when the job got its devices
@@ -322,22 +332,54 @@ class Launch:
         if watcher.said:
             say(f"{PROG}: {watcher.said}")
         self._record_end(job, status, reason, last=not again)
+        # The end just recorded wakes the watcher's wait; let it return before the interpreter exits: a
+        # thread still inside DuckDB at exit aborts the process ("exception not rethrown").
+        watcher.join(3.0)
         if watcher.end_reason is not None:
             status = 128 + signal.SIGTERM  # stopped for its limit or a preemption, as a signalled job exits
         return status, reason
 
+    def _contain(self, job: Job) -> str:
+        """Make the job's cgroup (its GPUs the only NVIDIA devices it may open) where this process can;
+        return how the job is contained, for moreh-smi -p."""
+        from moreh_tools.jobs import contain
+
+        self.group = contain.create(self.home, job.id, [d.index for d in job.devices])
+        return self.group.describe()
+
+    def _spawn(self, env: dict[str, str]) -> Child:
+        """Start the command: born inside the job's cgroup when there is one (no moment outside it)."""
+        from moreh_tools.launcher.child import Child
+
+        group = self.group
+        if group is None or not group.active:
+            return Child(self.path, self.request.command, env)
+        with group.entered() as missed:
+            child = Child(self.path, self.request.command, env)
+        if missed:  # a hierarchy refused the move: the command is not in it (the others, and the fallback, hold)
+            self.containment = f"{group.describe()}; not entered: {', '.join(missed)}"
+        return child
+
     def _record_end(self, job: Job, exit_code: int | None, reason: str, *, last: bool = True) -> None:
         """The job's stragglers killed (devices CLEANING meanwhile), the job into history, the next jobs started.
 
-        ``last``: the launcher is done after this (the guardian may go); False before a ``--requeue``.
+        Stragglers are the processes tagged with the job's id and everything left in its cgroup (which also
+        holds those that left its session and dropped the tag). ``last``: the launcher is done after this (the
+        guardian may go); False before a ``--requeue``.
         """
         from moreh_tools.jobs import processes
         from moreh_tools.port import ops
 
-        if processes.job_processes(job.id, str(self.home)):
+        group = self.group
+        in_group = group is not None and group.active and bool(group.pids() - {os.getpid()})
+        if in_group or processes.job_processes(job.id, str(self.home)):
             # The devices stay CLEANING, visibly, for as long as the grace period may take.
             self.port.call(ops.JOB_CLEANING, job_id=job.id)
             processes.end_job_processes(job.id, None, None, str(self.home), processes.release_grace())
+        elif group is not None and group.active and group.remove(timeout=0.5):
+            from moreh_tools.jobs import contain
+
+            contain.remove_parent(self.home)
         # With nothing left to clean, CLEANING and the end are one transaction: one lock turn less per job.
         try:
             self.port.call(ops.JOB_FINISH, job_id=job.id, exit_code=exit_code, reason=reason)
@@ -346,6 +388,21 @@ class Launch:
             raise
         if last:
             self.guardian.done()
+
+
+def safe_token_env(token_env: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The token's env values a job may get: names that hijack a process (``LD_PRELOAD``, ``BASH_ENV``, ...,
+    see ``state.tokens.check_env_name``) are left out with a warning, however they got into the state."""
+    from state.tokens import hijacks
+
+    kept: dict[str, str] = {}
+    for name, value in token_env:
+        if hijacks(name) or "=" in name or "\0" in name or "\0" in value:
+            say(f"[warning] {PROG}: the token's environment variable {name!r} is not passed on: it could make "
+                "the job run code of someone else's choosing (ask an admin to remove it).")
+            continue
+        kept[name] = value
+    return kept
 
 
 def this_hosts_gpus() -> list[object]:

@@ -151,3 +151,8 @@ class Watcher:
     def close(self) -> None:
         """The command ended: stop watching (the thread ends at its next answer; it is a daemon thread)."""
         self._closing.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the thread to end (after :meth:`close` and the job's end, it ends at once)."""
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -269,8 +269,10 @@ class LocalPort:
         """A client of the local daemon when its socket accepts connections, else None."""
         if self._client is not None:
             return self._client
-        if not os.path.exists(self.socket):
-            return None
+        from state.safety import check_socket
+
+        if not check_socket(self.home, SOCKET_NAME):
+            return None  # none, or one the daemon did not make (planted to collect tokens): not used
         from moreh_tools.port.http import Address, Connection, TransportError
 
         connection = Connection(Address(unix_path=str(self.socket)))

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 T = TypeVar("T", covariant=True)
 
 #: The version of the op protocol; a client and a daemon that differ say so in one line.
-PROTOCOL = 1
+#: 2: ``job_started`` takes ``containment`` (how the launcher contains the job's processes).
+PROTOCOL = 2
 OP_PATH = "/api/v1/op/"
 
 

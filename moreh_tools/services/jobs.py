@@ -259,12 +259,13 @@ def wait(ctx: ServiceContext, *, job_id: int, timeout: float, seen: str = "queue
 # -- starting and ending ------------------------------------------------------------------------------------
 
 
-def started(ctx: ServiceContext, *, job_id: int, pid: int, create_time: float) -> bool:
+def started(ctx: ServiceContext, *, job_id: int, pid: int, create_time: float, containment: str = "") -> bool:
     """Mark the job RUNNING with its command's pid; True when it was withdrawn (released or ended) meanwhile.
 
     The pid is the launcher's claim: releasing the job signals that pid's tree. On this machine it is checked
     at once (the job's command carries ``MOREH_JOB_ID``); elsewhere the host's daemon checks it before it
-    signals anything.
+    signals anything. ``containment`` says how the launcher contains the job's processes (its cgroup, or
+    the process-group fallback), for ``moreh-smi -p``.
     """
     from moreh_tools.jobs import processes
 
@@ -280,6 +281,10 @@ def started(ctx: ServiceContext, *, job_id: int, pid: int, create_time: float) -
             if job.backend_id == here and processes.carries_job_tag(pid, job_id) is False:
                 raise ConflictError(f"Process {pid} is not job {job_id}'s command (it lacks MOREH_JOB_ID={job_id}).")
             s.jobs.mark_running(job_id, pid, create_time)
+            if containment:
+                from state import containment as contained
+
+                contained.record(s, job_id, containment)
     return withdrawn
 
 

@@ -135,6 +135,8 @@ class DeviceStatus:
     state: str  # idle | waiting | preparing | running
     job_ids: tuple[int, ...]
     gpus: tuple[GpuStatus, ...]
+    #: How the running job's processes are contained, as its launcher reported it ("" when not known).
+    containment: str = ""
 
     @property
     def in_use(self) -> bool:

@@ -84,8 +84,17 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
     gpus: dict[int, list[GpuStatus]] = {}
     for row in views.token_gpus(s, token):
         gpus.setdefault(row.sda_id, []).append(GpuStatus(*row[1:]))
+    from state import containment
+
+    contained = containment.of_jobs(s, [j.id for j in jobs if j.status == "RUNNING"])
     devices = tuple(
-        _device(sda, owner.current_sda, [j for j in jobs if j.sda_id == sda.id], tuple(gpus.get(sda.id, ())))
+        _device(
+            sda,
+            owner.current_sda,
+            [j for j in jobs if j.sda_id == sda.id],
+            tuple(gpus.get(sda.id, ())),
+            next((contained[j.id] for j in jobs if j.sda_id == sda.id and j.id in contained), ""),
+        )
         for sda in views.token_sdas(s, token)
     )
     active = [j for j in jobs if j.status in _ACTIVE]
@@ -116,7 +125,9 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
     return status, jobs
 
 
-def _device(sda: SdaRow, current: int | None, jobs: list[JobBrief], gpus: tuple[GpuStatus, ...]) -> DeviceStatus:
+def _device(
+    sda: SdaRow, current: int | None, jobs: list[JobBrief], gpus: tuple[GpuStatus, ...], containment: str = ""
+) -> DeviceStatus:
     statuses = {j.status for j in jobs}
     if "RUNNING" in statuses:
         state = "running"
@@ -137,6 +148,7 @@ def _device(sda: SdaRow, current: int | None, jobs: list[JobBrief], gpus: tuple[
         state=state,
         job_ids=tuple(j.id for j in jobs),
         gpus=gpus,
+        containment=containment,
     )
 
 

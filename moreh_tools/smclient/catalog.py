@@ -13,6 +13,7 @@ def load_commands() -> dict[str, Command]:
     """Import every command module (each registers its commands) and return the table."""
     from moreh_tools.smclient.commands import (  # noqa: F401
         backends,
+        checks,
         groups,
         guardian,
         jobs,

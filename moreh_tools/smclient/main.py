@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
@@ -232,11 +233,24 @@ def _setup_readline() -> None:
     import atexit
 
     def save() -> None:
+        # Never written through a link someone put in the history's place: a new private file, renamed over
+        # it, in a state directory that passes the state's checks.
+        import tempfile
+
+        from state.errors import StateError
+        from state.safety import checked_home
+
         try:
-            history.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            readline.write_history_file(history)
-            history.chmod(0o600)
-        except OSError:
+            with checked_home(history.parent):
+                fd, temporary = tempfile.mkstemp(prefix=".smclient_history.", dir=history.parent)
+            try:
+                os.close(fd)
+                readline.write_history_file(temporary)
+                os.replace(temporary, history)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+        except (OSError, StateError):
             pass
 
     atexit.register(save)

@@ -267,7 +267,7 @@ def _show(port: Port, token: str, *, idx: str | None, tokens: bool, hardware: bo
             behind = {(g.backend_id, g.index) for g in device.gpus}
             flags = [asdict(f) for f in status.flags if (f.backend_id, f.index) in behind]
             gpus = status.only(device.id).to_dict()["devices"][0]["gpus"]
-            return _print_json({"device": device.id, "gpus": gpus, "guardian": flags})
+            return _print_json({"device": device.id, "gpus": gpus, "guardian": flags, "containment": device.containment})
         print(render.gpu_table(device, status.flags))
         return EXIT_OK
     if as_json:

@@ -214,4 +214,6 @@ def gpu_table(device: DeviceStatus, flags: Sequence[DeviceFlag] = ()) -> str:
         text += f"\nDevice {device.id} holds no GPU now: a device gets its GPUs while a job runs on it."
     elif device.simulated:
         text += "\n" + simulated_note()
+    if device.containment:
+        text += f"\nJob containment: {device.containment}"
     return text

@@ -21,13 +21,20 @@ router = APIRouter(tags=["Log"])
 
 DEFAULT_EVENT_LIMIT = 1000
 MAX_EVENT_LIMIT = 100_000
-# A word that could be a token value (base64 letters, then its padding).
-_WORD = re.compile(r"[A-Za-z0-9+/_-]+=*")
 
 
 def _scrubbed(text: str, known: set[str], caller: ApiCaller) -> str:
-    """``text`` with every other token's value replaced by its redacted handle."""
-    return _WORD.sub(lambda m: redact(m[0], caller) or "" if m[0] in known else m[0], text)
+    """``text`` with every other token's value replaced by its redacted handle.
+
+    A token is found wherever it stands, also joined to other text by ``-``, ``_``, ``+`` or ``/`` (which
+    are letters of the token alphabet, so no word boundary would find it): every known value that occurs
+    in the text is replaced, longest first.
+    """
+    present = sorted((t for t in known if t and t in text), key=len, reverse=True)
+    if not present:
+        return text
+    pattern = re.compile("|".join(re.escape(t) for t in present))
+    return pattern.sub(lambda m: redact(m[0], caller) or "", text)
 
 
 @router.get("/api/log/sdamanager/event", summary="SDA Manager events, oldest first")
@@ -63,6 +70,8 @@ def list_events(request: Request, caller: CallerDep) -> Any:
                 "response": json.dumps({"code": "SUCCESS"}),
                 "eventTime": iso_utc(event.time),
                 "referer": {"protocol": "HTTP" if event.command.startswith("api:") else "CLI", "ipAddress": ""},
+                # Who asked: the Unix uid (SO_PEERCRED over the daemon's socket) and the way in.
+                "origin": event.origin,
             }
         )
     return shown

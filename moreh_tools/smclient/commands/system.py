@@ -70,6 +70,7 @@ def show_eventlog(ctx: Context, args: list[str]) -> Output:
                 "token": e.token,
                 "command": e.command,
                 "detail": e.detail,
+                "origin": e.origin,  # who asked: the peer's uid (SO_PEERCRED) and the way in
             }
             for e in events
         ],
