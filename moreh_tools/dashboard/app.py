@@ -163,6 +163,8 @@ class DashboardApp(App[None]):
         )
 
     def _polled(self, worker: Worker[Any]) -> None:
+        if not self.query(ContentSwitcher):
+            return  # a poll that ends while the app closes: its views are gone, and no next poll is due
         if worker.state == WorkerState.SUCCESS:
             snapshot = worker.result
             assert isinstance(snapshot, Snapshot)
