@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_daemon
 from moreh_tools.port.ops import PROTOCOL
+from tests import test_daemon
 from tests.conftest import BIN, Smc, ok
 from tests.invariants import violations
 from tests.test_moreh_run import PY, moreh_run
