@@ -7,7 +7,7 @@ nothing each get an answer (or a closed connection) while everyone else is serve
 the daemon again and again while clients add devices, change priorities and run jobs through it, and
 then checks that everything a client was told is done is in the state.
 
-The crash test's killing phase lasts ``MOREH_DAEMON_CRASH_SECONDS`` (default 12); for a long run::
+The crash test's killing phase lasts ``MOREH_DAEMON_CRASH_SECONDS`` (default 10, and at least 4 kills); for a long run::
 
     MOREH_DAEMON_CRASH_SECONDS=600 .venv/bin/python -m pytest tests/test_daemon_faults.py -k kill_9
 """
@@ -41,7 +41,7 @@ no_leftover_daemon = test_daemon.no_leftover_daemon
 user = test_daemon.user
 start_daemon = test_daemon.start_daemon
 
-CRASH_SECONDS = float(os.environ.get("MOREH_DAEMON_CRASH_SECONDS", "12"))
+CRASH_SECONDS = float(os.environ.get("MOREH_DAEMON_CRASH_SECONDS", "10"))
 CLIENT_SCRIPT = Path(__file__).with_name("daemon_client.py")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -269,8 +269,10 @@ def test_kill_9_of_the_daemon_mid_request_loses_nothing_acknowledged(
         thread.start()
     kills = 0
     deadline = time.monotonic() + CRASH_SECONDS
+    # At least 4 kills however slowly a loaded machine restarts the daemon (bounded: a minute more at most).
+    last_chance = deadline + 60
     try:
-        while time.monotonic() < deadline:
+        while (time.monotonic() < deadline or kills < 4) and time.monotonic() < last_chance:
             time.sleep(rng.uniform(0.3, 1.5))
             daemon = test_daemon._daemons[-1]
             daemon.kill()
@@ -319,7 +321,7 @@ def test_kill_9_of_the_daemon_mid_request_loses_nothing_acknowledged(
             broken.append(f"job {job_id} of {token[:8]} ended well for its moreh-run but the history has {ended.get(job_id)}")
     report = f"{kills} kills, client outcomes {dict(outcomes)}, {len(finished_jobs)} jobs done, runs failed: {failed_runs[:5]}"
     print(report)
-    assert kills >= 3, report
+    assert kills >= 4, report
     assert all(outcomes[kind] for kind in ("sda", "rm", "priority")), report
     assert finished_jobs, report
     assert not broken, report + "\n  " + "\n  ".join(broken)
