@@ -401,6 +401,25 @@ def test_a_job_with_no_process_on_its_gpus_counts_as_idle(
     assert history(smc, job)["end_reason"] == "idle"
 
 
+def test_a_launcher_that_sleeps_through_a_release_still_says_who_stopped_its_job(
+    smc: Smc, user: Callable[..., str], daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # The releaser ends the command itself and, the launcher not answering (stopped here), records the end;
+    # the launcher wakes to a dead command and an ended job: it must still say who stopped it, not nothing.
+    daemon_factory()
+    launcher = start("sleep", "60", token=user(model=1))
+    wait_until(lambda: bool(queue(smc)) and queue(smc)[0]["status"] == "RUNNING", what="the job to run")
+    [job] = queue(smc)
+    launcher.send_signal(signal.SIGSTOP)
+    try:
+        ok(smc(f"release {job['id']}"))
+        assert history(smc, job["id"])["end_reason"] == "released"
+    finally:
+        launcher.send_signal(signal.SIGCONT)
+    wait_for_stderr(launcher, f"moreh-run: job {job['id']} was stopped: released by an admin.", timeout=15)
+    assert launcher.wait(timeout=20) == 128 + signal.SIGTERM
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------
 
 

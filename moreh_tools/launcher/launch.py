@@ -329,9 +329,12 @@ class Launch:
         signals.forward_to(None)
         reason = watcher.end_reason or ("finished" if status == 0 else "failed")
         again = reason == "preempted" and self.request.requeue
-        if watcher.said:
-            say(f"{PROG}: {watcher.said}")
-        self._record_end(job, status, reason, last=not again)
+        said = watcher.said
+        if said:
+            say(f"{PROG}: {said}")
+        stopped_by = self._record_end(job, status, reason, last=not again)
+        if not said and stopped_by is not None:  # the host's daemon ended the command before the watcher heard
+            say(f"{PROG}: job {job.id} was stopped: {stopped_by}.")
         # The end just recorded wakes the watcher's wait; let it return before the interpreter exits: a
         # thread still inside DuckDB at exit aborts the process ("exception not rethrown").
         watcher.join(3.0)
@@ -360,8 +363,10 @@ class Launch:
             self.containment = f"{group.describe()}; not entered: {', '.join(missed)}"
         return child
 
-    def _record_end(self, job: Job, exit_code: int | None, reason: str, *, last: bool = True) -> None:
+    def _record_end(self, job: Job, exit_code: int | None, reason: str, *, last: bool = True) -> str | None:
         """The job's stragglers killed (devices CLEANING meanwhile), the job into history, the next jobs started.
+
+        Returns who stopped the job, when someone asked it to stop (None otherwise).
 
         Stragglers are the processes tagged with the job's id and everything left in its cgroup (which also
         holds those that left its session and dropped the tag). ``last``: the launcher is done after this (the
@@ -382,12 +387,13 @@ class Launch:
             contain.remove_parent(self.home)
         # With nothing left to clean, CLEANING and the end are one transaction: one lock turn less per job.
         try:
-            self.port.call(ops.JOB_FINISH, job_id=job.id, exit_code=exit_code, reason=reason)
+            stopped_by = self.port.call(ops.JOB_FINISH, job_id=job.id, exit_code=exit_code, reason=reason)
         except BaseException:
             self.guardian.done()
             raise
         if last:
             self.guardian.done()
+        return stopped_by
 
 
 def safe_token_env(token_env: tuple[tuple[str, str], ...]) -> dict[str, str]:

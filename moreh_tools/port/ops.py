@@ -93,7 +93,7 @@ JOB_SUBMIT: Op[Submitted] = Op("job_submit", "moreh_tools.services.jobs:submit",
 JOB_WAIT: Op[JobUpdate] = Op("job_wait", "moreh_tools.services.jobs:wait", "JobUpdate", long_poll=True)
 JOB_STARTED: Op[bool] = Op("job_started", "moreh_tools.services.jobs:started", "bool")
 JOB_CLEANING: Op[None] = Op("job_cleaning", "moreh_tools.services.jobs:cleaning", "None")
-JOB_FINISH: Op[None] = Op("job_finish", "moreh_tools.services.jobs:finish", "None")
+JOB_FINISH: Op[str | None] = Op("job_finish", "moreh_tools.services.jobs:finish", "str | None")
 JOB_ABANDONED: Op[int | None] = Op("job_abandoned", "moreh_tools.services.jobs:abandoned", "int | None")
 JOB_CHECK_DEVICES: Op[DeviceCheck] = Op(
     "job_check_devices", "moreh_tools.services.guardian:check_devices", "DeviceCheck", idempotent=False

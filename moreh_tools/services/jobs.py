@@ -296,20 +296,34 @@ def cleaning(ctx: ServiceContext, *, job_id: int) -> None:
             s.jobs.mark_cleaning(job_id)
 
 
-def finish(ctx: ServiceContext, *, job_id: int, exit_code: int | None, reason: str, detail: str = "") -> None:
+#: The end reasons of a job someone (or the GPU guardian) asked to stop.
+STOPPED_REASONS = ("released", "idle")
+
+
+def finish(
+    ctx: ServiceContext, *, job_id: int, exit_code: int | None, reason: str, detail: str = ""
+) -> str | None:
     """Record the job's end (``finished``, ``failed``, ``lost``, ``cancelled``...) and hand its devices on.
 
+    Returns who stopped the job when someone asked it to stop (the release's detail), else None: a launcher
+    whose command was ended by its host's daemon before the launcher heard of the release still says why.
     Repeating it is harmless: a job already ended is left as it is and costs no scheduling pass.
     """
     with ctx.write(f"moreh-run: job {job_id} {reason}") as s:
         job, _ = owned_job(s, ctx.who(s), job_id)
-        if job is None:
-            return
+        if job is None:  # ended already: by a release that did not wait for this launcher, or a repeat
+            ended = s.jobs.history_entry(job_id)
+            if ended is None or ended.end_reason not in STOPPED_REASONS:
+                return None
+            return ended.end_detail or None
         if job.status != "QUEUED":
             s.jobs.mark_cleaning(job_id)
         finish_job(s, job_id, exit_code, reason, detail)
         decision = run_pass(s)
     ctx.wake([job_id, *woken(decision)])
+    if not job.release_requested:
+        return None
+    return job.release_detail or "it was released"
 
 
 def abandoned(
