@@ -10,7 +10,8 @@ frozen dataclass costs about a millisecond to create, dozens of them a third of 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -37,11 +38,35 @@ T = TypeVar("T", covariant=True)
 
 #: The version of the op protocol; a client and a daemon that differ say so in one line.
 #: 2: ``job_started`` takes ``containment`` (how the launcher contains the job's processes).
-PROTOCOL = 2
+#: 3: ``job_finish`` answers who stopped the job (the release's detail) instead of nothing.
+PROTOCOL = 3
 OP_PATH = "/api/v1/op/"
 
 
-RESULT_TYPES = "moreh_tools.services.records"
+#: Where the names of result types are found, in this order (both packages load their records lazily).
+RESULT_TYPES = ("moreh_tools.services.records", "state.records")
+
+
+class RecordNames(Mapping[str, Any]):
+    """The names of a result type expression, found in the record packages as they are used (they load lazily)."""
+
+    def __init__(self, modules: list[ModuleType]) -> None:
+        """Look names up in ``modules``, the first that has the name winning."""
+        self.modules = modules
+
+    def __getitem__(self, name: str) -> Any:
+        for module in self.modules:
+            try:
+                return getattr(module, name)
+            except AttributeError:
+                continue
+        raise KeyError(name)  # a builtin (list, int, None): eval looks further
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted({name for module in self.modules for name in dir(module)}))
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
 
 
 class Op(Generic[T]):
@@ -67,8 +92,7 @@ class Op(Generic[T]):
     def result(self) -> Any:
         """The result type (its module imported now)."""
         if self._result is None:
-            scope = dict(vars(importlib.import_module(RESULT_TYPES)))
-            self._result = eval(self.result_spec, scope)
+            self._result = eval(self.result_spec, {}, RecordNames([importlib.import_module(m) for m in RESULT_TYPES]))
         return self._result
 
     def function(self) -> Callable[..., T]:
