@@ -86,7 +86,7 @@ class SDARepository:
         """Bind to a session."""
         self.s = session
 
-    def _devices_by_sda(self, token: str | None = None) -> dict[int, list[DeviceRef]]:
+    def _devices_by_sda(self, token: str | None = None, sda_id: int | None = None) -> dict[int, list[DeviceRef]]:
         sql = """
             SELECT x.sda_id, x.backend_id, b.host, x.device_index FROM (
                 SELECT sda_id, backend_id, device_index FROM sda_reservations
@@ -99,13 +99,18 @@ class SDARepository:
         if token is not None:
             sql += " WHERE s.token = ?"
             params.append(token)
+        elif sda_id is not None:  # one SDA (every job's submit and start reads its SDA): not every SDA's devices
+            sql += " WHERE x.sda_id = ?"
+            params.append(sda_id)
         out: dict[int, list[DeviceRef]] = {}
         for sda_id, backend_id, host, index in self.s.all(sql + " ORDER BY 1, 2, 4", params):
             out.setdefault(sda_id, []).append(DeviceRef(backend_id, host, index))
         return out
 
-    def _rows(self, where: str = "", params: list[object] | None = None, token: str | None = None) -> list[SDA]:
-        devices = self._devices_by_sda(token)
+    def _rows(
+        self, where: str = "", params: list[object] | None = None, token: str | None = None, sda_id: int | None = None
+    ) -> list[SDA]:
+        devices = self._devices_by_sda(token, sda_id)
         rows = self.s.all(
             "SELECT id, token, model_id, model_group_id, description, reserved FROM sdas " + where + " ORDER BY id",
             params,
@@ -125,7 +130,7 @@ class SDARepository:
 
     def get(self, sda_id: int) -> SDA:
         """Return one SDA or raise NotFoundError."""
-        found = self._rows("WHERE id = ?", [sda_id])
+        found = self._rows("WHERE id = ?", [sda_id], sda_id=sda_id)
         if not found:
             raise NotFoundError(f"SDA {sda_id} not found; list SDAs with 'show sda'.")
         return found[0]
