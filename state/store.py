@@ -368,21 +368,33 @@ class OwnedStore(StateStore):
 
     @contextmanager
     def transaction(self, command: str = "", origin: str | None = None) -> Iterator[Session]:
-        """One write transaction on the open connection; writers take turns."""
+        """One write transaction on the open connection; writers take turns.
+
+        With ``MOREH_LOCK_STATS`` set, each turn's wait and hold are recorded as a tool's wait for the file lock
+        is: the same figures, side by side, for the state served by the daemon and the state in the file.
+        """
         from state.session import Session
 
+        asked = time.perf_counter()
         with self._write:
+            acquired = time.perf_counter()
             conn = self._connected()
-            with self._translated():
-                conn.execute("BEGIN TRANSACTION")
-                try:
-                    yield Session(conn, command, self.origin if origin is None else origin)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-                finally:
-                    self._generation += 1  # also after a rollback: cheap, and never stale
+            try:
+                with self._translated():
+                    conn.execute("BEGIN TRANSACTION")
+                    try:
+                        yield Session(conn, command, self.origin if origin is None else origin)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        _rollback(conn)
+                        raise
+                    finally:
+                        self._generation += 1  # also after a rollback: cheap, and never stale
+            finally:
+                if os.environ.get(LOCK_STATS_VAR):
+                    began = time.time() - (time.perf_counter() - asked)
+                    record_stat("wait", acquired - asked, began)
+                    record_stat("hold", time.perf_counter() - acquired, began + acquired - asked)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
