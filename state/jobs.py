@@ -232,6 +232,16 @@ class JobRepository:
 
         Expired quota grants are marked first, so the quotas the pass uses are the ones in force at ``now``.
         """
+        return self.scheduling_pass(policy, now=now, halflife=halflife)[1]
+
+    def scheduling_pass(
+        self, policy: Policy = BACKFILL, *, now: float | None = None, halflife: float = DEFAULT_HALFLIFE_S
+    ) -> tuple[SchedulingInputs | None, Decision]:
+        """:meth:`run_scheduling_pass`, also returning what it decided on (None: nothing was queued).
+
+        The queue's order in those inputs, less the jobs the pass started, is the queue's order after it (usage,
+        and so fair share, changes only when a job ends): a submit says its job's place without reading it again.
+        """
         started = time.perf_counter()
         now = time.time() if now is None else now
         self.s.quotas.expire(now)
@@ -239,18 +249,18 @@ class JobRepository:
         # there is nothing to decide, and the snapshot's twenty-odd reads are skipped.
         if self.s.one("SELECT 1 FROM jobs WHERE status = 'QUEUED' LIMIT 1") is None:
             save_plan(self.s, ())
-            return Decision((), {})
+            return None, Decision((), {})
         inputs = self.snapshot(now=now, halflife=halflife)
         if not inputs.queue:
             save_plan(self.s, ())
-            return Decision((), {})
+            return inputs, Decision((), {})
         decision = inputs.decide(policy)
         self._apply(decision.allocations, inputs)
         self._mark_preempted(decision.preemptions, now)
         save_plan(self.s, decision.reservations)
         if os.environ.get(LOCK_STATS_VAR):
             record_stat("pass", time.perf_counter() - started)
-        return decision
+        return inputs, decision
 
     def _apply(self, allocations: Sequence[Allocation], inputs: SchedulingInputs | None = None) -> None:
         # One statement per table for the whole pass: per-device statements cost ~3 ms per job at

@@ -18,12 +18,13 @@ from moreh_tools.services import settings
 from moreh_tools.services.caller import ADMIN, Caller
 from moreh_tools.services.hosts import find_host, register_in
 from moreh_tools.services.records import GpuInfo, JobUpdate, Submitted
-from moreh_tools.services.scheduling import finish_job, run_pass, woken
+from moreh_tools.services.scheduling import finish_job, run_pass, run_pass_on, woken
 from state.errors import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError, UnknownTokenError
 
 if TYPE_CHECKING:
     from moreh_tools.services.context import ServiceContext
     from scheduler_core.scheduling import Decision
+    from state.planning import SchedulingInputs
     from state.records import HistoryEntry, Job, Token
     from state.session import Session
 
@@ -125,11 +126,11 @@ def submit(
         )
         if requeue_of is not None:
             s.events.record("REQUEUE_JOB", f"id={job.id} preempted={requeue_of}", token_value)
-        decision = run_pass(s)
+        inputs, decision = run_pass_on(s)
         if any(a.job_id == job.id for a in decision.allocations):
             result = Submitted(s.jobs.get(job.id), True, token.env)
         else:  # why it waits, where it stands and when it should start
-            result = _explain(s, job, token.env, decision)
+            result = _explain(s, job, token.env, decision, inputs)
     ctx.wake(j for j in woken(decision) if j != job.id)
     return result
 
@@ -163,10 +164,16 @@ def _check_own_sda(s: Session, token: str, sda_id: int) -> None:
         )
 
 
-def _explain(s: Session, job: Job, env: tuple[tuple[str, str], ...], decision: Decision) -> Submitted:
-    """Why the job waits: its SDA busy with another process, or not enough free devices; and when it should start."""
+def _explain(
+    s: Session, job: Job, env: tuple[tuple[str, str], ...], decision: Decision, inputs: SchedulingInputs | None
+) -> Submitted:
+    """Why the job waits: its SDA busy with another process, or not enough free devices; and when it should start.
+
+    ``inputs``: what the pass that left it waiting decided on; its place is its place in their order among the
+    jobs that pass did not start.
+    """
     from moreh_tools.services.scheduling import local_time
-    from state.planning import SchedulingInputs
+
     busy_pid: int | None = None
     busy_command = ""
     for other in s.jobs.of_token(job.token):
@@ -174,14 +181,17 @@ def _explain(s: Session, job: Job, env: tuple[tuple[str, str], ...], decision: D
             busy_pid = other.pid or other.launcher_pid
             busy_command = other.process_name
             break
-    inputs: SchedulingInputs = s.jobs.snapshot(now=settings.now(), halflife=settings.fairshare_halflife())
+    if inputs is None:
+        inputs = s.jobs.snapshot(now=settings.now(), halflife=settings.fairshare_halflife())
+    started = {a.job_id for a in decision.allocations}
+    waiting = [queued.id for queued in inputs.ordered() if queued.id not in started]
     return Submitted(
         job,
         False,
         env,
         busy_pid,
         busy_command,
-        inputs.positions().get(job.id),
+        waiting.index(job.id) + 1 if job.id in waiting else None,
         decision.waiting.get(job.id, ""),
         decision.reason_codes.get(job.id, ""),
         local_time(decision.expected_start.get(job.id)),

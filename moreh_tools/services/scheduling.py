@@ -30,7 +30,12 @@ STARTS_NEXT_PASS = "devices are free; it starts at the next scheduling pass"
 
 def run_pass(s: Session) -> Decision:
     """Decide and apply one scheduling pass inside the caller's transaction."""
-    return s.jobs.run_scheduling_pass(settings.policy(), now=settings.now(), halflife=settings.fairshare_halflife())
+    return run_pass_on(s)[1]
+
+
+def run_pass_on(s: Session) -> tuple[SchedulingInputs | None, Decision]:
+    """:func:`run_pass`, with the inputs it decided on (None: nothing was queued)."""
+    return s.jobs.scheduling_pass(settings.policy(), now=settings.now(), halflife=settings.fairshare_halflife())
 
 
 def plan(s: Session) -> tuple[SchedulingInputs, Decision]:
