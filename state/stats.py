@@ -32,5 +32,7 @@ def record_stat(kind: str, seconds: float, started: float | None = None) -> None
         return  # a measurement must never break the command it measures
     try:
         os.write(fd, line)
+    except OSError:
+        pass  # a full disk: the measurement is lost, the command it measures goes on
     finally:
         os.close(fd)

@@ -325,7 +325,7 @@ def finish(
             ended = s.jobs.history_entry(job_id)
             if ended is None or ended.end_reason not in STOPPED_REASONS:
                 return None
-            return ended.end_detail or None
+            return ended.end_detail or "it was released"
         if job.status != "QUEUED":
             s.jobs.mark_cleaning(job_id)
         finish_job(s, job_id, exit_code, reason, detail)

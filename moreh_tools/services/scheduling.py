@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from moreh_tools.services import settings
-from moreh_tools.services.records import FairShareRow, QueueInfo
+from moreh_tools.services.records import QueueInfo
 
 if TYPE_CHECKING:
+    from moreh_tools.services.records import FairShareRow
     from scheduler_core.scheduling import Decision
     from state.planning import SchedulingInputs
     from state.records import HistoryEntry
@@ -94,6 +95,7 @@ def queue_info(s: Session) -> dict[int, QueueInfo]:
 
 def fairshare_rows(s: Session) -> list[FairShareRow]:
     """Every user group's share, decayed usage and fair-share factor now (factor 1 for all while nobody used anything)."""
+    from moreh_tools.services.records import FairShareRow  # here: the dashboard's records cost moreh-smi's start
     from scheduler_core.fairshare import fairshare_factors
     from scheduler_core.scheduling import Quota
     from state.planning import group_shares

@@ -17,7 +17,6 @@ from moreh_tools.services.records import (
     GpuStatus,
     ProcessStatus,
     SmiStatus,
-    VersionInfo,
     WaitingJob,
 )
 from moreh_tools.services.scheduling import STARTS_NEXT_PASS
@@ -26,6 +25,7 @@ from state.errors import UnknownTokenError
 
 if TYPE_CHECKING:
     from moreh_tools.services.context import ServiceContext
+    from moreh_tools.services.records import VersionInfo
     from state.session import Session
     from state.views import JobBrief, SdaRow
 
@@ -65,6 +65,8 @@ def _token_of(ctx: ServiceContext) -> str:
 
 def server_versions(ctx: ServiceContext) -> VersionInfo:
     """What ``moreh-smi -s`` shows: this server's version, the latest and the supported worker versions."""
+    from moreh_tools.services.records import VersionInfo  # here: moreh-smi's usual view does not need it
+
     with ctx.read() as s:
         versions = s.versions.all()
     latest = next((v.version for v in versions if v.latest), "")
@@ -99,7 +101,7 @@ def _collect(s: Session, token: str) -> tuple[SmiStatus, list[JobBrief]]:
     )
     active = [j for j in jobs if j.status in _ACTIVE]
     queued = [j for j in jobs if j.status == "QUEUED"]
-    from moreh_tools.services.guardian import token_guard
+    from moreh_tools.services.guardian_view import token_guard
 
     flags, idle = token_guard(
         s,

@@ -1,7 +1,8 @@
 """Plain records read from the state: what the rest of the product sees, never a database row.
 
 Import them from here (``from state.records import Job``): each lives in a submodule (the catalogue, jobs,
-quotas, the GPU guardian) that is loaded on first use, so a tool's start-up pays only for what it uses.
+quotas, the GPU guardian; the values fields take, such as statuses, apart in ``values``) that is loaded on first
+use, so a tool's start-up pays only for what it uses.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from state.lazy import lazy_names
 
 #: Where each name lives.
 _WHERE = {
-    "ACCESS_LEVELS": "catalogue",
-    "BACKEND_STATUSES": "catalogue",
-    "DEVICE_STATUSES": "catalogue",
-    "UNHEALTHY": "catalogue",
-    "PRIORITY_MIN": "catalogue",
-    "PRIORITY_MAX": "catalogue",
+    "ACCESS_LEVELS": "values",
+    "BACKEND_STATUSES": "values",
+    "DEVICE_STATUSES": "values",
+    "UNHEALTHY": "values",
+    "PRIORITY_MIN": "values",
+    "PRIORITY_MAX": "values",
     "Token": "catalogue",
     "SDAModel": "catalogue",
     "SDA": "catalogue",
@@ -29,23 +30,23 @@ _WHERE = {
     "Version": "catalogue",
     "Event": "catalogue",
     "DeviceRef": "jobs",
-    "JOB_STATUSES": "jobs",
-    "END_REASONS": "jobs",
+    "JOB_STATUSES": "values",
+    "END_REASONS": "values",
     "Job": "jobs",
     "HistoryEntry": "jobs",
     "TokenUsage": "jobs",
     "TimeLimits": "jobs",
     "GroupQuota": "quotas",
-    "QUOTA_REQUEST_STATUSES": "quotas",
+    "QUOTA_REQUEST_STATUSES": "values",
     "QuotaRequest": "quotas",
     "GroupUsage": "quotas",
-    "FLAG_UNHEALTHY": "guardian",
-    "FLAG_FOREIGN": "guardian",
-    "FLAG_ESCAPED": "guardian",
-    "FLAG_NVML": "guardian",
-    "FLAG_KINDS": "guardian",
+    "FLAG_UNHEALTHY": "values",
+    "FLAG_FOREIGN": "values",
+    "FLAG_ESCAPED": "values",
+    "FLAG_NVML": "values",
+    "FLAG_KINDS": "values",
     "DeviceFlag": "guardian",
-    "IDLE_SCOPES": "guardian",
+    "IDLE_SCOPES": "values",
     "IdlePolicyRow": "guardian",
     "JobIdle": "guardian",
 }
@@ -54,25 +55,7 @@ __getattr__, __dir__ = lazy_names(__name__, _WHERE)
 
 if TYPE_CHECKING:
     from state.records.catalogue import (
-        ACCESS_LEVELS as ACCESS_LEVELS,
-    )
-    from state.records.catalogue import (
-        BACKEND_STATUSES as BACKEND_STATUSES,
-    )
-    from state.records.catalogue import (
-        DEVICE_STATUSES as DEVICE_STATUSES,
-    )
-    from state.records.catalogue import (
-        PRIORITY_MAX as PRIORITY_MAX,
-    )
-    from state.records.catalogue import (
-        PRIORITY_MIN as PRIORITY_MIN,
-    )
-    from state.records.catalogue import (
         SDA as SDA,
-    )
-    from state.records.catalogue import (
-        UNHEALTHY as UNHEALTHY,
     )
     from state.records.catalogue import (
         Backend as Backend,
@@ -102,24 +85,6 @@ if TYPE_CHECKING:
         Version as Version,
     )
     from state.records.guardian import (
-        FLAG_ESCAPED as FLAG_ESCAPED,
-    )
-    from state.records.guardian import (
-        FLAG_FOREIGN as FLAG_FOREIGN,
-    )
-    from state.records.guardian import (
-        FLAG_KINDS as FLAG_KINDS,
-    )
-    from state.records.guardian import (
-        FLAG_NVML as FLAG_NVML,
-    )
-    from state.records.guardian import (
-        FLAG_UNHEALTHY as FLAG_UNHEALTHY,
-    )
-    from state.records.guardian import (
-        IDLE_SCOPES as IDLE_SCOPES,
-    )
-    from state.records.guardian import (
         DeviceFlag as DeviceFlag,
     )
     from state.records.guardian import (
@@ -127,12 +92,6 @@ if TYPE_CHECKING:
     )
     from state.records.guardian import (
         JobIdle as JobIdle,
-    )
-    from state.records.jobs import (
-        END_REASONS as END_REASONS,
-    )
-    from state.records.jobs import (
-        JOB_STATUSES as JOB_STATUSES,
     )
     from state.records.jobs import (
         DeviceRef as DeviceRef,
@@ -150,9 +109,6 @@ if TYPE_CHECKING:
         TokenUsage as TokenUsage,
     )
     from state.records.quotas import (
-        QUOTA_REQUEST_STATUSES as QUOTA_REQUEST_STATUSES,
-    )
-    from state.records.quotas import (
         GroupQuota as GroupQuota,
     )
     from state.records.quotas import (
@@ -160,4 +116,49 @@ if TYPE_CHECKING:
     )
     from state.records.quotas import (
         QuotaRequest as QuotaRequest,
+    )
+    from state.records.values import (
+        ACCESS_LEVELS as ACCESS_LEVELS,
+    )
+    from state.records.values import (
+        BACKEND_STATUSES as BACKEND_STATUSES,
+    )
+    from state.records.values import (
+        DEVICE_STATUSES as DEVICE_STATUSES,
+    )
+    from state.records.values import (
+        END_REASONS as END_REASONS,
+    )
+    from state.records.values import (
+        FLAG_ESCAPED as FLAG_ESCAPED,
+    )
+    from state.records.values import (
+        FLAG_FOREIGN as FLAG_FOREIGN,
+    )
+    from state.records.values import (
+        FLAG_KINDS as FLAG_KINDS,
+    )
+    from state.records.values import (
+        FLAG_NVML as FLAG_NVML,
+    )
+    from state.records.values import (
+        FLAG_UNHEALTHY as FLAG_UNHEALTHY,
+    )
+    from state.records.values import (
+        IDLE_SCOPES as IDLE_SCOPES,
+    )
+    from state.records.values import (
+        JOB_STATUSES as JOB_STATUSES,
+    )
+    from state.records.values import (
+        PRIORITY_MAX as PRIORITY_MAX,
+    )
+    from state.records.values import (
+        PRIORITY_MIN as PRIORITY_MIN,
+    )
+    from state.records.values import (
+        QUOTA_REQUEST_STATUSES as QUOTA_REQUEST_STATUSES,
+    )
+    from state.records.values import (
+        UNHEALTHY as UNHEALTHY,
     )

@@ -7,20 +7,6 @@ from datetime import datetime
 
 from state.records.jobs import DeviceRef
 
-# HOST is ours (not in the manual): the token of a GPU host's sdamanager, which may register the host and report
-# its GPUs, and nothing else an ADMIN may do.
-ACCESS_LEVELS = ("USER", "ADMIN", "DEVELOPER", "HOST")
-
-BACKEND_STATUSES = ("SHUTDOWN", "ACTIVE")
-
-# UNHEALTHY: the GPU guardian saw the GPU fail (a critical Xid, uncorrectable ECC errors, pending page retirement or
-# row remapping, lost); it is never allocated until an admin sets it IDLE again ('update device').
-DEVICE_STATUSES = ("SHUTDOWN", "IDLE", "PREPARING", "PROCESSING", "CLEANING", "UNHEALTHY")
-
-UNHEALTHY = "UNHEALTHY"
-
-PRIORITY_MIN, PRIORITY_MAX = -99, 99
-
 
 @dataclass(frozen=True)
 class Token:

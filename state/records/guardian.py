@@ -5,12 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-#: Kinds of :class:`DeviceFlag`: the device failed (its status is UNHEALTHY), a process outside the scheduler
-#: uses it, a job's process uses it although the job was not given it, or NVML fails on the whole host.
-FLAG_UNHEALTHY, FLAG_FOREIGN, FLAG_ESCAPED, FLAG_NVML = "unhealthy", "foreign", "escaped", "nvml"
-
-FLAG_KINDS = (FLAG_UNHEALTHY, FLAG_FOREIGN, FLAG_ESCAPED, FLAG_NVML)
-
 
 @dataclass(frozen=True)
 class DeviceFlag:
@@ -37,10 +31,6 @@ class DeviceFlag:
     def location(self) -> str:
         """``host:index`` (``host`` for a host-wide flag)."""
         return self.host if self.index is None else f"{self.host}:{self.index}"
-
-
-#: Scopes of an idle policy: a token, or an SDA model (by id).
-IDLE_SCOPES = ("token", "sdamodel")
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,6 @@ class DeviceRef:
     index: int
 
 
-JOB_STATUSES = ("QUEUED", "SUBMITTED", "RUNNING")
-
-# ``cancelled``: its own user interrupted a job that was still waiting (Ctrl-C), unlike ``released`` (someone
-# asked a job to stop: an admin, the user's moreh-smi -r, the dashboard). ``timeout``: the job reached its time
-# limit. ``preempted``: the scheduler took its (borrowed) devices back for a user group within its quota.
-# ``idle``: the GPU guardian reclaimed the devices of a job that stayed idle for its idle policy's window.
-END_REASONS = ("finished", "failed", "released", "lost", "cancelled", "timeout", "preempted", "idle")
-
-
 @dataclass(frozen=True)
 class Job:
     """A job in the queue (QUEUED) or holding devices (SUBMITTED, RUNNING)."""

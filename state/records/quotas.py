@@ -26,9 +26,6 @@ class GroupQuota:
         return self.nominal + self.granted
 
 
-QUOTA_REQUEST_STATUSES = ("PENDING", "APPROVED", "REJECTED", "EXPIRED")
-
-
 @dataclass(frozen=True)
 class QuotaRequest:
     """A user's request for more GPUs for their user group, for some days (times are epoch seconds)."""

@@ -24,7 +24,7 @@ _WHERE = {
     "IdleStatus": "status",
     "DeviceStatus": "status",
     "SmiStatus": "status",
-    "DEVICE_NAME": "devices",
+    "DEVICE_NAME": "status",
     "ModelOption": "devices",
     "Added": "devices",
     "OwnedDevices": "devices",
@@ -102,9 +102,6 @@ if TYPE_CHECKING:
         UserData as UserData,
     )
     from moreh_tools.services.records.devices import (
-        DEVICE_NAME as DEVICE_NAME,
-    )
-    from moreh_tools.services.records.devices import (
         Added as Added,
     )
     from moreh_tools.services.records.devices import (
@@ -160,6 +157,9 @@ if TYPE_CHECKING:
     )
     from moreh_tools.services.records.quotas import (
         QuotaRow as QuotaRow,
+    )
+    from moreh_tools.services.records.status import (
+        DEVICE_NAME as DEVICE_NAME,
     )
     from moreh_tools.services.records.status import (
         SAMPLE_MAX_AGE_S as SAMPLE_MAX_AGE_S,

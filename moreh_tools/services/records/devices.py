@@ -11,10 +11,6 @@ if TYPE_CHECKING:
     from state.records.catalogue import SDA
 
 
-#: How the tools call one SDA, as the real ones say "MoAI Accelerator" or "KT AI Accelerator".
-DEVICE_NAME = "Moreh SDA"
-
-
 @dataclass(frozen=True)
 class ModelOption:
     """One line of a numbered model list: a model the token may use, and the group it comes through."""

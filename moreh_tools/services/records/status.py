@@ -8,6 +8,9 @@ from typing import Any
 
 from state.records.guardian import DeviceFlag
 
+#: How the tools call one SDA, as the real ones say "MoAI Accelerator" or "KT AI Accelerator".
+DEVICE_NAME = "Moreh SDA"
+
 #: The name the simulated provider gives its GPUs (moreh_tools.gpus.simulated.SIMULATED_GPU_NAME);
 #: copied, not imported, because that module loads psutil and moreh-smi must start fast.
 SIMULATED_GPU_NAME = "Simulated GPU (moreh-tools)"
