@@ -303,6 +303,8 @@ def test_create_usergroup_refuses_a_token_list_naming_an_unknown_token(smc: Smc,
         ("create usergroup team {a},{unknown}", 1, ("Token '{unknown}' not found",)),
         ("create usergroup team {unknown},{a}x", 1, ("Tokens '{unknown}', '{a}x' not found",)),
         ("create usergroup team {unknown}", 1, ("Token '{unknown}' not found",)),  # one token: it ends in '='
+        ("create usergroup team {a},zzzz", 1, ("Token 'zzzz' not found",)),  # a token beside a typo: a list
+        ("create usergroup team zz,{b}x", 1, ("Tokens 'zz', '{b}x' not found",)),
         ("create usergroup team {a},,{b}", 2, ("has an empty item",)),
         ("create usergroup team TEST {a},{b}x", 1, ("Token '{b}x' not found",)),  # 001's form already did this
     ]

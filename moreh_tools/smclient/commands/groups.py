@@ -61,10 +61,12 @@ def create_usergroup(ctx: Context, args: list[str]) -> Output:
 def _token_list_or_none(s: Session, name: str, text: str) -> list[str] | None:
     """The second argument of ``create usergroup NAME X``: X's tokens, or None when X is the description.
 
-    X is a token list when every comma-separated item is a token (``null``: none), or when every item
-    looks like a token (:func:`state.tokens.looks_like_token`) and X has a comma or ends with '=' as
-    tokens do; then an unknown token is refused, where taking X for a description would quietly make
-    a group without members. Anything else is the description ('Seoul, Korea', 'TEST', '').
+    X is a token list when every comma-separated item is a token (``null``: none); when X has a comma and
+    one of its items is a token or looks like one (:func:`state.tokens.looks_like_token`: a token typed
+    with a character too many or too few); or when X is one token-like word ending with '=' as tokens
+    do. Then an unknown item is refused, where taking X for a description would quietly make a group
+    without members (and keep a token in its description). Anything else is the description ('Seoul,
+    Korea', 'alpha,beta', 'TEST', '').
     """
     if not text.strip():
         return None  # '' is an empty description, not a bad list
@@ -73,8 +75,10 @@ def _token_list_or_none(s: Session, name: str, text: str) -> list[str] | None:
     items = [item.strip() for item in text.split(",")]
     if all(items) and all(s.tokens.exists(t) for t in items):
         return items
-    listed = "," in text or text.rstrip().endswith("=")
-    if not listed or not all(looks_like_token(item) for item in items if item):
+    if "," in text:
+        if not any(looks_like_token(item) or s.tokens.exists(item) for item in items if item):
+            return None
+    elif not (text.rstrip().endswith("=") and looks_like_token(text.strip())):
         return None
     tokens = to_list(text)  # a token list with an empty item ('A,,B') is bad usage
     unknown = ", ".join(f"'{t}'" for t in tokens if not s.tokens.exists(t))
