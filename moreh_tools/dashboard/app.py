@@ -163,15 +163,22 @@ class DashboardApp(App[None]):
         )
 
     def _polled(self, worker: Worker[Any]) -> None:
-        if not self.query(ContentSwitcher):
-            return  # a poll that ends while the app closes: its views are gone, and no next poll is due
-        if worker.state == WorkerState.SUCCESS:
-            snapshot = worker.result
-            assert isinstance(snapshot, Snapshot)
-            self.polls += 1
-            self._draw(snapshot)
-        elif worker.state == WorkerState.ERROR and worker.error is not None:
-            self._draw_problem(problem_text(worker.error))
+        from textual.css.query import NoMatches
+
+        try:
+            if worker.state == WorkerState.SUCCESS:
+                snapshot = worker.result
+                assert isinstance(snapshot, Snapshot)
+                self.polls += 1
+                self._draw(snapshot)
+            elif worker.state == WorkerState.ERROR and worker.error is not None:
+                self._draw_problem(problem_text(worker.error))
+        except NoMatches:
+            if self.is_running:
+                raise  # a view missing from a running dashboard is a defect, not a closing app
+            # A poll that ends while the app closes: its views are going (leaves first, so any of them may be
+            # gone already), and no next poll is due.
+            return
         self._polling = False
         if self._poll_again:
             self._poll_again = False
